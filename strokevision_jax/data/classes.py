@@ -1,0 +1,9 @@
+"""Action classes of StrokeVision-Bench, in the dataset's label order."""
+
+CLASS_NAMES: tuple[str, ...] = (
+    "grasping",
+    "non_task_movement",
+    "transport_with_object",
+    "transport_without_object",
+)
+NUM_CLASSES = len(CLASS_NAMES)

@@ -1,0 +1,57 @@
+"""Re-run the final evaluation of a training run: the best checkpoint on the test split.
+
+    python -m strokevision_jax.evaluate --workdir=runs/r2plus1d_18_cpu
+
+reads the run's settings from <workdir>/run_config.json, restores checkpoints/best and rewrites
+report.json, report.txt and confusion_matrix.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from strokevision_jax import train
+from strokevision_jax.data import dataset as dataset_lib
+
+
+def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print) -> dict:
+    workdir = pathlib.Path(workdir)
+    config_path = workdir / train.RUN_CONFIG
+    if not config_path.exists():
+        raise train.TrainingError(f"{config_path} not found: --workdir must be a directory written by "
+                                  "`python -m strokevision_jax.train`.")
+    config = json.loads(config_path.read_text())
+    recipe = train.recipe_from_config(config)
+    run = train.Run(recipe, workdir, dataset_lib.resolve_data_dir(data_dir), config["seed"], num_workers,
+                    train.make_mesh())
+    checkpoints = train.Checkpoints(workdir)
+    history = []
+    metrics_path = workdir / "metrics.jsonl"
+    if metrics_path.exists():
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    try:
+        return train.evaluate_best(run, checkpoints, history, log)
+    finally:
+        checkpoints.close()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m strokevision_jax.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--num_workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        evaluate_workdir(pathlib.Path(args.workdir), args.data_dir, args.num_workers)
+    except (train.TrainingError, dataset_lib.DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

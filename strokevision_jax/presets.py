@@ -1,0 +1,67 @@
+"""Training recipes: one `Recipe` per (model, preset).
+
+`paper`: the clip size of torchvision's Kinetics weights for the model and the paper's batch size,
+for a GPU or TPU. `cpu`: smaller frames and crops, a slimmer network and fewer epochs, so that
+`python -m strokevision_jax.train --model=r2plus1d` finishes in minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from strokevision_jax.data.pipeline import VideoConfig
+
+PRESETS = ("paper", "cpu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a training run except the seed and the paths."""
+
+    model: str
+    preset: str
+    dataset: str
+    video: VideoConfig
+    model_overrides: tuple[tuple[str, Any], ...] = ()  # fields of the model's config
+    batch_size: int = 16
+    epochs: int = 30
+    learning_rate: float = 1e-3  # peak, reached after the warm-up
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    compute_dtype: str = "float32"  # activations; parameters stay float32
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+# torchvision's video-ResNet Kinetics-400 transforms: resize 128 x 171, centre crop 112.
+_RESNET_PAPER = dict(
+    dataset="synthetic",
+    video=VideoConfig(num_frames=16, resize=(128, 171), crop=(112, 112)),
+    batch_size=16, epochs=30, learning_rate=1e-3, warmup_epochs=2, weight_decay=0.05,
+    compute_dtype="bfloat16",
+)
+# 8 frames of 64 x 64 from a 72 x 96 resize, base width 16 (1/16 of the FLOPs of width 64).
+_RESNET_CPU = dict(
+    dataset="synthetic",
+    video=VideoConfig(num_frames=8, resize=(72, 96), crop=(64, 64)),
+    model_overrides=(("base_width", 16),),
+    batch_size=16, epochs=12, learning_rate=3e-3, warmup_epochs=1, weight_decay=0.05,
+)
+
+RECIPES: dict[tuple[str, str], Recipe] = {}
+for _name in ("r2plus1d_18", "r3d_18", "mc3_18"):
+    RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_RESNET_PAPER)
+    RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_RESNET_CPU)
+
+
+def recipe(model: str, preset: str) -> Recipe:
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
+    try:
+        return RECIPES[(model, preset)]
+    except KeyError:
+        known = sorted({m for m, _ in RECIPES})
+        raise ValueError(f"No recipe for model {model!r}; models with recipes: {', '.join(known)}.") from None

@@ -1,0 +1,463 @@
+"""Train an action classifier on StrokeVision-Bench clips.
+
+    python -m strokevision_jax.train --model=r2plus1d
+
+builds the default dataset on first use, trains with the preset for this machine (`paper` on a GPU
+or TPU, `cpu` otherwise), keeps the latest and the best checkpoints in --workdir, resumes from the
+latest when rerun, and ends by evaluating the best checkpoint on the test split (report.json).
+
+The steps are pure functions of (state, batch), jitted once, with the state donated; the batch is
+placed with a NamedSharding over a 1-D 'data' Mesh of all devices, the state is replicated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from strokevision_jax import presets
+from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax.data import pipeline
+from strokevision_jax.data.classes import CLASS_NAMES, NUM_CLASSES
+from strokevision_jax import models as models_lib
+from strokevision_jax import report as report_lib
+
+RUN_CONFIG = "run_config.json"
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def default_preset() -> str:
+    return "paper" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
+
+
+def create_model(recipe: presets.Recipe, num_classes: int, seed: int) -> nnx.Module:
+    factory = models_lib.MODELS[recipe.model]
+    return factory(num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=jnp.dtype(recipe.compute_dtype),
+                   **dict(recipe.model_overrides))
+
+
+def make_optimizer(recipe: presets.Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay to zero, weight decay on kernels only."""
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = min(total - 1, max(1, int(round(recipe.warmup_epochs * steps_per_epoch))))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.learning_rate, warmup, total, 0.0)
+
+    def decay_mask(params):  # no decay on biases and norm scales (1-D parameters)
+        return jax.tree.map(lambda p: p.ndim > 1, params)
+
+    return optax.adamw(schedule, weight_decay=recipe.weight_decay, mask=decay_mask)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights, n / (k * count_c), so that each class weighs the same in the loss."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if (counts == 0).any():
+        missing = [CLASS_NAMES[c] for c in np.flatnonzero(counts == 0)]
+        raise TrainingError(f"The training split has no examples of {', '.join(missing)}.")
+    return (counts.sum() / (num_classes * counts)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- pure steps
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any  # nnx.State of nnx.Param
+    rest: Any  # nnx.State of everything else (BatchNorm statistics, ...)
+    opt_state: Any
+
+
+def weighted_cross_entropy(logits, labels, weights, mask=None, label_smoothing=0.0):
+    """PyTorch's weighted mean: sum_i w[y_i] * CE_i / sum_i w[y_i] (over unmasked examples)."""
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    example_weights = weights[labels]
+    if mask is not None:
+        example_weights = example_weights * mask
+    return jnp.sum(losses * example_weights) / jnp.maximum(jnp.sum(example_weights), 1e-12)
+
+
+def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: float, dropout_seed: int):
+    weights = jnp.asarray(weights)
+
+    def train_step(state: TrainState, batch):
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.rest)
+            # Dropout (where a model has it) draws from a key folded with the step: a resumed
+            # run continues exactly.
+            nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(dropout_seed), state.step))
+            logits = model(batch[input_key], train=True)
+            loss = weighted_cross_entropy(logits, batch["label"], weights, None, label_smoothing)
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            return loss, (logits, rest)
+
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+            "grad_norm": optax.global_norm(grads),
+        }
+        return TrainState(state.step + 1, params, rest, opt_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, weights, input_key: str):
+    weights = jnp.asarray(weights)
+
+    def eval_step(state: TrainState, batch):
+        model = nnx.merge(graphdef, state.params, state.rest)
+        logits = model(batch[input_key], train=False)
+        mask = batch["mask"].astype(jnp.float32)
+        loss_sum = weighted_cross_entropy(logits, batch["label"], weights, mask) * jnp.sum(
+            weights[batch["label"]] * mask)
+        return logits, loss_sum
+
+    return jax.jit(eval_step)
+
+
+# ----------------------------------------------------------------------------- data on the mesh
+
+def make_mesh() -> jax.sharding.Mesh:
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shard_batch(batch: dict, sharding) -> dict:
+    """Host numpy batch (this process's rows) -> global jax arrays split over the 'data' axis."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def to_host(array) -> np.ndarray:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+    return np.asarray(array)
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, made once: recipe, data sources, steps, sharding, checkpoint managers."""
+
+    recipe: presets.Recipe
+    workdir: pathlib.Path
+    data_dir: pathlib.Path
+    seed: int
+    num_workers: int
+    mesh: jax.sharding.Mesh
+    input_key: str = "video"
+
+    def __post_init__(self):
+        self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self.sources = {split: dataset_lib.load_source(split, self.recipe.dataset, self.data_dir)
+                        for split in ("train", "validation", "test")}
+        labels = np.array([int(self.sources["train"][i]["label"])
+                           for i in range(len(self.sources["train"]))])
+        self.weights = class_weights(labels, NUM_CLASSES)
+        self.steps_per_epoch = len(self.sources["train"]) // self.recipe.batch_size
+        if self.steps_per_epoch == 0:
+            raise TrainingError(
+                f"--batch_size={self.recipe.batch_size} is larger than the training split "
+                f"({len(self.sources['train'])} clips).")
+        if self.recipe.batch_size % jax.device_count():
+            raise TrainingError(
+                f"--batch_size={self.recipe.batch_size} must be a multiple of the device count "
+                f"({jax.device_count()}).")
+        model = create_model(self.recipe, NUM_CLASSES, self.seed)
+        self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.tx = make_optimizer(self.recipe, self.steps_per_epoch)
+        state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params))
+        self.initial_state = jax.device_put(state, self.replicated)
+        self.train_step = make_train_step(self.graphdef, self.tx, self.weights, self.input_key,
+                                          self.recipe.label_smoothing, self.seed)
+        self.eval_step = make_eval_step(self.graphdef, self.weights, self.input_key)
+
+    def loader(self, split: str, epoch: int):
+        train = split == "train"
+        transform = pipeline.video_transform(self.recipe.video, train=train)
+        return pipeline.make_loader(
+            self.sources[split], transform, batch_size=self.recipe.batch_size, train=train,
+            seed=self.seed, epoch=epoch, num_workers=self.num_workers)
+
+    def evaluate(self, state: TrainState, split: str) -> dict:
+        """Metrics of `state` on a whole split (every clip exactly once)."""
+        all_logits, all_labels, loss_sum, weight_sum = [], [], 0.0, 0.0
+        for batch in self.loader(split, epoch=0):
+            mask = np.asarray(batch["mask"], bool)
+            logits, batch_loss = self.eval_step(state, shard_batch(_model_inputs(batch, self.input_key),
+                                                                   self.data_sharding))
+            logits = to_host(logits)[mask]
+            labels = np.asarray(batch["label"])[mask]
+            all_logits.append(logits)
+            all_labels.append(labels)
+            loss_sum += float(batch_loss)
+            weight_sum += float(self.weights[labels].sum())
+        labels = np.concatenate(all_labels)
+        predictions = np.concatenate(all_logits).argmax(-1)
+        metrics = report_lib.classification_metrics(labels, predictions)
+        metrics["loss"] = loss_sum / max(weight_sum, 1e-12)
+        return metrics
+
+
+def _model_inputs(batch: dict, input_key: str) -> dict:
+    keys = [input_key, "label"] + (["mask"] if "mask" in batch else [])
+    return {k: batch[k] for k in keys}
+
+
+class Checkpoints:
+    """Orbax checkpoints of the train state: `latest` (for resuming) and `best` (by validation)."""
+
+    def __init__(self, workdir: pathlib.Path):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self.latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest", options=options)
+        self.best = ocp.CheckpointManager(workdir / "checkpoints" / "best", options=options)
+
+    def save(self, manager, epoch: int, state: TrainState, meta: dict) -> None:
+        ocp = self._ocp
+        manager.save(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+
+    def restore(self, manager, like: TrainState) -> tuple[TrainState, dict] | None:
+        ocp = self._ocp
+        epoch = manager.latest_step()
+        if epoch is None:
+            return None
+        # The target carries shapes, dtypes and shardings (replicated over the mesh).
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        restored = manager.restore(epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        return restored["state"], restored["meta"]
+
+    def close(self):
+        self.latest.close()
+        self.best.close()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train_one_epoch(run: Run, state: TrainState, epoch: int, log) -> tuple[TrainState, dict]:
+    from tqdm import tqdm
+
+    totals = {"loss": 0.0, "accuracy": 0.0}
+    steps = 0
+    pending = None  # the previous step's metrics, read after the next step is dispatched
+
+    def collect(metrics, step_in_epoch):
+        values = {k: float(v) for k, v in metrics.items()}
+        if not math.isfinite(values["loss"]):
+            raise TrainingError(
+                f"Non-finite loss ({values['loss']}) at epoch {epoch + 1}, step {step_in_epoch}. "
+                f"The last good checkpoint is in {run.workdir / 'checkpoints' / 'latest'}; "
+                "lower --learning_rate or check the input data, then rerun to resume.")
+        for key in totals:
+            totals[key] += values[key]
+        return values
+
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.recipe.epochs}", unit="step",
+               mininterval=1.0, dynamic_ncols=True, file=sys.stdout, disable=log is None)
+    for batch in run.loader("train", epoch):
+        state, metrics = run.train_step(state, shard_batch(_model_inputs(batch, run.input_key),
+                                                           run.data_sharding))
+        if pending is not None:
+            values = collect(*pending)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", acc=f"{values['accuracy']:.2f}", refresh=False)
+        pending = (metrics, steps + 1)
+        steps += 1
+        bar.update(1)
+    if pending is not None:
+        collect(*pending)
+    bar.close()
+    return state, {key: value / max(steps, 1) for key, value in totals.items()}
+
+
+def _is_better(val: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    return (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"])
+
+
+def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: pathlib.Path, *,
+                       seed: int = 0, num_workers: int = 0, log=print) -> dict:
+    """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report."""
+    log = log or (lambda *a, **k: None)
+    workdir = pathlib.Path(workdir)
+    started = time.time()
+    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh())
+    checkpoints = Checkpoints(workdir)
+    state, history, best, start_epoch = run.initial_state, [], None, 0
+    restored = checkpoints.restore(checkpoints.latest, run.initial_state)
+    if restored is not None:
+        state, meta = restored
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"]
+        log(f"Resuming from the checkpoint of epoch {start_epoch} in {workdir / 'checkpoints' / 'latest'}")
+    metrics_path = workdir / "metrics.jsonl"
+    metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
+
+    for epoch in range(start_epoch, recipe.epochs):
+        epoch_started = time.time()
+        state, train_metrics = train_one_epoch(run, state, epoch, log)
+        val = run.evaluate(state, "validation")
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
+            "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+            "seconds": round(time.time() - epoch_started, 2),
+        }
+        history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
+            f"macro-F1 {val['macro_f1']:.3f} | {record['seconds']:.1f} s")
+        if _is_better(val, best):
+            best = {"epoch": epoch + 1, "accuracy": val["accuracy"], "loss": val["loss"]}
+            checkpoints.save(checkpoints.best, epoch + 1, state, {"epoch": epoch + 1, "val": best})
+        checkpoints.save(checkpoints.latest, epoch + 1, state,
+                         {"epoch": epoch + 1, "history": history, "best": best})
+
+    report = evaluate_best(run, checkpoints, history, log)
+    report["run"]["wall_seconds_this_invocation"] = round(time.time() - started, 1)
+    (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    checkpoints.close()
+    return report
+
+
+def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) -> dict:
+    restored = checkpoints.restore(checkpoints.best, run.initial_state)
+    if restored is None:
+        raise TrainingError(f"No best checkpoint in {run.workdir / 'checkpoints' / 'best'}; train first.")
+    state, meta = restored
+    test = run.evaluate(state, "test")
+    info = {
+        "model": run.recipe.model, "preset": run.recipe.preset, "dataset": run.recipe.dataset,
+        "best_epoch": meta["epoch"], "best_val_accuracy": meta["val"]["accuracy"],
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "recipe": _recipe_dict(run.recipe),
+    }
+    report = report_lib.write_report(run.workdir, info, test, history)
+    log(f"test ({test['num_examples']} clips, best epoch {meta['epoch']}): accuracy {test['accuracy']:.4f}, "
+        f"macro-F1 {test['macro_f1']:.4f}")
+    log(report_lib.format_confusion(test["confusion_matrix"]))
+    log(f"report: {run.workdir / 'report.json'}")
+    return report
+
+
+def _recipe_dict(recipe: presets.Recipe) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(recipe), default=str))
+
+
+# ----------------------------------------------------------------------------- command line
+
+def resolve_model(name: str | None) -> str:
+    valid = sorted(models_lib.MODELS)
+    aliases = ", ".join(f"{a} -> {m}" for a, m in sorted(models_lib.ALIASES.items()))
+    if name in models_lib.MODELS:
+        return name
+    if name in models_lib.ALIASES:
+        return models_lib.ALIASES[name]
+    raise TrainingError(f"Unknown --model={name!r}. Valid models: {', '.join(valid)} (aliases: {aliases}).")
+
+
+def run_config(recipe: presets.Recipe, overrides: dict, seed: int) -> dict:
+    return {"model": recipe.model, "preset": recipe.preset, "overrides": overrides, "seed": seed}
+
+
+def check_workdir(workdir: pathlib.Path, config: dict) -> None:
+    """Refuses a workdir that holds another run's checkpoints; records this run's config otherwise."""
+    path = workdir / RUN_CONFIG
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise TrainingError(f"Cannot read {path}: {error}. Delete it or choose another --workdir.")
+        if existing.get("model") != config["model"]:
+            raise TrainingError(
+                f"--workdir={workdir} holds checkpoints of model {existing.get('model')!r}, not "
+                f"{config['model']!r}. Choose another --workdir (or delete that one to start over).")
+        if existing != config:
+            raise TrainingError(
+                f"--workdir={workdir} holds a run with other settings ({json.dumps(existing)}); "
+                f"this one is {json.dumps(config)}. Choose another --workdir to start a new run.")
+    elif (workdir / "checkpoints").exists():
+        raise TrainingError(f"--workdir={workdir} has checkpoints but no {RUN_CONFIG}; choose another --workdir.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def recipe_from_config(config: dict) -> presets.Recipe:
+    return presets.recipe(config["model"], config["preset"]).replace(**config["overrides"])
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m strokevision_jax.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="e.g. r2plus1d_18 (or its short name r2plus1d)")
+    parser.add_argument("--preset", choices=presets.PRESETS, default=None,
+                        help="default: paper with a GPU/TPU, cpu otherwise")
+    parser.add_argument("--workdir", default=None, help="default: runs/<model>_<preset>")
+    parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument("--dataset", default=None, help="strokevision config, e.g. synthetic_small")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--learning_rate", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="grain worker processes (default: 0 with the cpu preset, else min(8, cores))")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        model = resolve_model(args.model)
+        preset = args.preset or default_preset()
+        overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "batch_size", "learning_rate")
+                     if getattr(args, k) is not None}
+        recipe = presets.recipe(model, preset).replace(**overrides)
+        workdir = pathlib.Path(args.workdir or f"runs/{model}_{preset}")
+        data_dir = dataset_lib.resolve_data_dir(args.data_dir)
+        why = ("--preset given" if args.preset else
+               f"default for backend '{jax.default_backend()}'; --preset=paper or cpu overrides")
+        print(f"strokevision_jax.train: model {model}, preset {preset} ({why})")
+        print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+              f"data dir: {data_dir}; workdir: {workdir}", flush=True)
+        num_workers = args.num_workers
+        if num_workers is None:
+            num_workers = 0 if preset == "cpu" else min(8, os.cpu_count() or 1)
+        check_workdir(workdir, run_config(recipe, overrides, args.seed))
+        train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers)
+    except (TrainingError, dataset_lib.DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, (ValueError,)) or "Unknown --model" in str(error) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""StrokeVision-Bench as a TFDS dataset: one-second Box and Block Test clips with COCO-17 keypoints.
+
+Configs:
+  synthetic        (default) the simulated Box and Block Test, ~1,000 clips from 50 patients,
+                   30 frames at 30 fps, 128 x 171 frames (torchvision's video-ResNet resize).
+  synthetic_small  the same simulator, tiny: builds in seconds, for tests.
+  (a `manual` config for real recordings is planned; `StrokeVisionConfig.source` leaves room.)
+
+Storage: one build writes every split twice, as ArrayRecord (random access: `tfds.data_source`
+and grain, no TensorFlow needed) and as TFRecord (`tfds.load` / tf.data). The dataset info
+names TFRecord as the primary format and ArrayRecord as the alternative, so both readers
+find the format they support. Frames are a zlib-compressed uint8 tensor, which needs no
+TensorFlow to encode (TFDS's image and video features do).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from strokevision_jax.data import synthetic
+from strokevision_jax.data.classes import CLASS_NAMES
+from tfds_builder.strokevision import tfrecord_copy
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class StrokeVisionConfig(tfds.core.BuilderConfig):
+    """A builder config: where clips come from and their stored size."""
+
+    source: str = "synthetic"  # "synthetic"; "manual" (real recordings) is reserved.
+    simulator: synthetic.SimulatorConfig = synthetic.SimulatorConfig()
+
+    @property
+    def num_frames(self) -> int:
+        return self.simulator.num_frames
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.simulator.height, self.simulator.width
+
+
+SYNTHETIC = StrokeVisionConfig(
+    name="synthetic",
+    description="Simulated Box and Block Test: ~1,000 clips, 50 patients, 30 x 128 x 171 frames.",
+    simulator=synthetic.SimulatorConfig(),
+)
+SYNTHETIC_SMALL = StrokeVisionConfig(
+    name="synthetic_small",
+    description="Tiny simulated Box and Block Test for tests: 12 patients, 96 clips, 64 x 86 frames.",
+    simulator=synthetic.SimulatorConfig(num_patients=12, num_clips=96, height=64, width=86, seed=1),
+)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """StrokeVision-Bench clips: RGB frames, COCO-17 keypoints and scores, four action labels."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Simulated Box and Block Test configs."}
+    BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL]
+    DEFAULT_CONFIG_NAME = "synthetic"
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        frames, (height, width) = config.num_frames, config.frame_size
+        features = {
+            "video": tfds.features.Tensor(
+                shape=(frames, height, width, 3), dtype=np.uint8, encoding="zlib",
+                doc="RGB frames, uint8."),
+            "keypoints": tfds.features.Tensor(
+                shape=(frames, 17, 2), dtype=np.float32,
+                doc="COCO-17 (x, y) in pixels of the stored frame, as a pose estimator gives them."),
+            "keypoint_scores": tfds.features.Tensor(
+                shape=(frames, 17), dtype=np.float32, doc="Keypoint confidences in [0, 1]."),
+            "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+            "patient_id": tfds.features.Text(),
+            "clip_id": tfds.features.Text(),
+        }
+        if config.source == "synthetic":
+            features.update({
+                "tested_hand": tfds.features.ClassLabel(names=("left", "right")),
+                "camera_mirrored": tfds.features.Scalar(dtype=np.bool_),
+                "severity": tfds.features.Scalar(dtype=np.float32, doc="Impairment in [0, 1]."),
+                "phase": tfds.features.Tensor(
+                    shape=(frames,), dtype=np.int32, doc="Per-frame action index (ground truth)."),
+                "keypoints_true": tfds.features.Tensor(
+                    shape=(frames, 17, 2), dtype=np.float32, doc="Noise-free COCO-17 keypoints."),
+            })
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("video", "label"),
+            homepage="https://arxiv.org/abs/2509.07994",
+        )
+
+    def download_and_prepare(self, *, file_format=None, **kwargs):
+        # ArrayRecord is written first; `_download_and_prepare` adds the TFRecord twins.
+        if file_format not in (None, "array_record", tfds.core.FileFormat.ARRAY_RECORD):
+            raise ValueError(
+                f"strokevision writes ArrayRecord and TFRecord together; got file_format={file_format!r}. "
+                "Leave file_format unset.")
+        return super().download_and_prepare(file_format="array_record", **kwargs)
+
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        tfrecord_copy.copy_shards_to_tfrecord(pathlib.Path(self.data_path))
+        self.info.set_file_format("tfrecord", override=True)
+        self.info.add_alternative_file_format("array_record")
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        if config.source != "synthetic":
+            raise NotImplementedError(f"Config source {config.source!r} is not implemented yet.")
+        simulator = config.simulator
+        patients_by_split = synthetic.split_patients(simulator)
+        _assert_disjoint_by_patient(patients_by_split)
+
+        report = synthetic.difficulty_report(simulator)
+        text = f"strokevision/{config.name}: difficulty of the simulated data\n{report.format()}"
+        print(text, flush=True)
+        pathlib.Path(self.data_path).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(self.data_path) / "difficulty_report.txt").write_text(text + "\n")
+
+        specs_by_split = collections.defaultdict(list)
+        split_of_patient = {p: s for s, patients in patients_by_split.items() for p in patients}
+        patient_names = synthetic.patient_ids(simulator)
+        for spec in synthetic.clip_specs(simulator):
+            specs_by_split[split_of_patient[patient_names[spec.patient_index]]].append(spec)
+        return {split: self._generate_examples(specs_by_split[split]) for split in SPLITS}
+
+    def _generate_examples(self, specs):
+        simulator = self.builder_config.simulator
+        workers = max(1, min(os.cpu_count() or 1, 8))
+        if workers == 1 or len(specs) < 16:
+            clips = (synthetic.simulate_clip(simulator, spec) for spec in specs)
+            for clip in clips:
+                yield clip["clip_id"], _to_feature_dict(clip)
+            return
+        # Render in worker processes ("spawn": the parent may already hold JAX's threads).
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            clips = pool.map(_simulate, [(simulator, spec) for spec in specs], chunksize=4)
+            for clip in clips:
+                yield clip["clip_id"], _to_feature_dict(clip)
+
+
+def _simulate(args):
+    simulator, spec = args
+    return synthetic.simulate_clip(simulator, spec)
+
+
+def _to_feature_dict(clip: dict) -> dict:
+    example = dict(clip)
+    example["camera_mirrored"] = bool(example["camera_mirrored"])
+    example["phase"] = np.asarray(example["phase"], np.int32)
+    return example
+
+
+def _assert_disjoint_by_patient(patients_by_split: dict[str, list[str]]) -> None:
+    seen: dict[str, str] = {}
+    for split, patients in patients_by_split.items():
+        for patient in patients:
+            if patient in seen:
+                raise AssertionError(
+                    f"Patient {patient} is in both the {seen[patient]} and {split} splits; "
+                    "splits must be disjoint by patient.")
+            seen[patient] = split
