@@ -1,0 +1,359 @@
+"""Video ResNets (R3D-18, MC3-18, R(2+1)D-18) in Flax NNX, channels-last.
+
+The architecture follows torchvision.models.video (Tran et al., "A Closer Look at
+Spatiotemporal Convolutions for Action Recognition", CVPR 2018). Inputs are
+`(N, T, H, W, 3)`; kernels are `(T, H, W, in, out)`.
+
+State paths mirror torchvision's state_dict keys one-to-one: torchvision nests
+`nn.Sequential`s, and `TorchSequential` below is an `nnx.List` whose integer indices
+are the same as the Sequential's (parameter-free ReLUs keep their slot), so
+torch `layer1.0.conv1.0.0.weight` is NNX path `('layer1', 0, 'conv1', 0, 0, 'kernel')`.
+Only the leaf names differ (see `TORCH_LEAF_NAMES`) and kernels are transposed
+(`from_torch_layout`), so a checkpoint converter needs no per-layer table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+StemKind = Literal["r2plus1d", "basic"]
+# "3d": 3x3x3 conv (Conv3DSimple); "2plus1d": 1x3x3 then 3x1x1 (Conv2Plus1D);
+# "no_temporal": 1x3x3 only (Conv3DNoTemporal, MC3's stages 2-4).
+ConvKind = Literal["3d", "2plus1d", "no_temporal"]
+_CONV_KINDS = ("3d", "2plus1d", "no_temporal")
+
+# torchvision's R(2+1)D stem hard-codes 45 middle channels for base width 64.
+_STEM_MID_WIDTH_AT_64 = 45
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoResNetConfig:
+    """One video ResNet. The defaults are torchvision's r2plus1d_18.
+
+    Widths derive from `base_width` (torchvision: 64):
+      stage_widths   = base_width * (1, 2, 4, 8)
+      stem_mid_width = max(1, 45 * base_width // 64)   (45 at 64, 11 at 16, 5 at 8)
+    Inside each (2+1)D block the middle width follows torchvision's rule
+    `mid_planes(in, out)`, which keeps the parameter count of a full 3x3x3 conv.
+    """
+
+    stem: StemKind = "r2plus1d"
+    stage_convs: tuple[ConvKind, ...] = ("2plus1d", "2plus1d", "2plus1d", "2plus1d")
+    stage_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    stage_strides: tuple[int, ...] = (1, 2, 2, 2)
+    base_width: int = 64
+    num_classes: int = 400
+    dtype: Any = jnp.float32  # compute dtype (e.g. jnp.bfloat16); logits are float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        stages = (self.stage_convs, self.stage_blocks, self.stage_strides)
+        if len({len(s) for s in stages}) != 1:
+            raise ValueError(
+                "stage_convs, stage_blocks and stage_strides need one entry per stage; got "
+                f"{self.stage_convs}, {self.stage_blocks}, {self.stage_strides}."
+            )
+        for kind in self.stage_convs:
+            if kind not in _CONV_KINDS:
+                raise ValueError(
+                    f"Unknown stage conv {kind!r}; choose one of {_CONV_KINDS}."
+                )
+        if self.stem not in ("r2plus1d", "basic"):
+            raise ValueError(f"Unknown stem {self.stem!r}; choose 'r2plus1d' or 'basic'.")
+        if self.base_width < 1 or self.num_classes < 1:
+            raise ValueError(
+                f"base_width and num_classes must be positive; got {self.base_width}, "
+                f"{self.num_classes}."
+            )
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self.base_width * 2**i for i in range(len(self.stage_blocks)))
+
+    @property
+    def stem_mid_width(self) -> int:
+        return max(1, _STEM_MID_WIDTH_AT_64 * self.base_width // 64)
+
+
+def mid_planes(in_planes: int, out_planes: int) -> int:
+    """torchvision's (2+1)D middle width: as many weights as one 3x3x3 conv would have."""
+    return (in_planes * out_planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * out_planes)
+
+
+_ARCHITECTURES: dict[str, VideoResNetConfig] = {
+    "r2plus1d_18": VideoResNetConfig(),
+    "r3d_18": VideoResNetConfig(stem="basic", stage_convs=("3d", "3d", "3d", "3d")),
+    "mc3_18": VideoResNetConfig(
+        stem="basic", stage_convs=("3d", "no_temporal", "no_temporal", "no_temporal")
+    ),
+}
+# Width presets: the real sizes, the slim CPU training model, and the test model.
+_WIDTHS = {"": 64, "_cpu": 16, "_tiny": 8}
+PRESETS: dict[str, VideoResNetConfig] = {
+    arch + suffix: dataclasses.replace(config, base_width=width)
+    for arch, config in _ARCHITECTURES.items()
+    for suffix, width in _WIDTHS.items()
+}
+
+
+# ---------------------------------------------------------------------------
+# Layers
+
+
+# kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated like torch's.
+_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _conv(
+    cfg: VideoResNetConfig,
+    in_planes: int,
+    out_planes: int,
+    kernel: tuple[int, int, int],
+    stride: tuple[int, int, int],
+    padding: tuple[int, int, int],
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    # Explicit symmetric padding: 'SAME' would pad (0, 1) for stride 2, unlike torch.
+    return nnx.Conv(
+        in_planes,
+        out_planes,
+        kernel_size=kernel,
+        strides=stride,
+        padding=[(p, p) for p in padding],
+        use_bias=False,
+        kernel_init=_conv_init,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )
+
+
+def _batch_norm(cfg: VideoResNetConfig, features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    # torch momentum 0.1 weighs the new batch; flax momentum weighs the running value.
+    return nnx.BatchNorm(
+        features,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )
+
+
+def _linear(cfg: VideoResNetConfig, in_features: int, out_features: int,
+            rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=jax.nn.initializers.normal(0.01),
+        bias_init=jax.nn.initializers.zeros,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )
+
+
+class TorchSequential(nnx.List):
+    """`nn.Sequential` look-alike: same integer indices, so the same state paths.
+
+    BatchNorm layers get `use_running_average=not train`, blocks and nested sequences
+    get `train`, anything else (convs, `jax.nn.relu`) is called on the input alone.
+    """
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        for layer in self:
+            if isinstance(layer, nnx.BatchNorm):
+                x = layer(x, use_running_average=not train)
+            elif isinstance(layer, (TorchSequential, BasicBlock)):
+                x = layer(x, train=train)
+            else:
+                x = layer(x)
+        return x
+
+
+def _conv3d_simple(cfg, in_planes, out_planes, stride, rngs) -> nnx.Conv:
+    return _conv(cfg, in_planes, out_planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), rngs)
+
+
+def _conv3d_no_temporal(cfg, in_planes, out_planes, stride, rngs) -> nnx.Conv:
+    return _conv(cfg, in_planes, out_planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), rngs)
+
+
+def _conv2plus1d(cfg, in_planes, out_planes, stride, rngs, *, mid: int) -> TorchSequential:
+    # Spatial 1x3x3 conv, BN, ReLU, then temporal 3x1x1 conv (indices as torchvision's).
+    return TorchSequential([
+        _conv(cfg, in_planes, mid, (1, 3, 3), (1, stride, stride), (0, 1, 1), rngs),
+        _batch_norm(cfg, mid, rngs),
+        jax.nn.relu,
+        _conv(cfg, mid, out_planes, (3, 1, 1), (stride, 1, 1), (1, 0, 0), rngs),
+    ])
+
+
+_CONV_BUILDERS = {
+    "3d": _conv3d_simple,
+    "2plus1d": _conv2plus1d,
+    "no_temporal": _conv3d_no_temporal,
+}
+
+
+def _downsample_stride(kind: ConvKind, stride: int) -> tuple[int, int, int]:
+    return (1, stride, stride) if kind == "no_temporal" else (stride, stride, stride)
+
+
+class BasicBlock(nnx.Module):
+    """Two convs with BN, plus the identity (or a strided 1x1x1 conv + BN) shortcut."""
+
+    def __init__(
+        self,
+        cfg: VideoResNetConfig,
+        kind: ConvKind,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        build = _CONV_BUILDERS[kind]
+        if kind == "2plus1d":
+            # Both convs of a block use the middle width of its first conv (as torchvision).
+            mid = mid_planes(in_planes, planes)
+            conv_a = build(cfg, in_planes, planes, stride, rngs, mid=mid)
+            conv_b = build(cfg, planes, planes, 1, rngs, mid=mid)
+        else:
+            conv_a = build(cfg, in_planes, planes, stride, rngs)
+            conv_b = build(cfg, planes, planes, 1, rngs)
+        self.conv1 = TorchSequential([conv_a, _batch_norm(cfg, planes, rngs), jax.nn.relu])
+        self.conv2 = TorchSequential([conv_b, _batch_norm(cfg, planes, rngs)])
+        downsample = None
+        if stride != 1 or in_planes != planes:
+            downsample = TorchSequential([
+                _conv(cfg, in_planes, planes, (1, 1, 1), _downsample_stride(kind, stride),
+                      (0, 0, 0), rngs),
+                _batch_norm(cfg, planes, rngs),
+            ])
+        self.downsample: TorchSequential | None = downsample
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        shortcut = x if self.downsample is None else self.downsample(x, train=train)
+        out = self.conv2(self.conv1(x, train=train), train=train)
+        return jax.nn.relu(out + shortcut)
+
+
+def _stem(cfg: VideoResNetConfig, rngs: nnx.Rngs) -> TorchSequential:
+    width = cfg.stage_widths[0]
+    if cfg.stem == "basic":
+        # (N, T, H, W, 3) -> (N, T, H/2, W/2, width)
+        return TorchSequential([
+            _conv(cfg, 3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), rngs),
+            _batch_norm(cfg, width, rngs),
+            jax.nn.relu,
+        ])
+    mid = cfg.stem_mid_width
+    return TorchSequential([
+        _conv(cfg, 3, mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), rngs),
+        _batch_norm(cfg, mid, rngs),
+        jax.nn.relu,
+        _conv(cfg, mid, width, (3, 1, 1), (1, 1, 1), (1, 0, 0), rngs),
+        _batch_norm(cfg, width, rngs),
+        jax.nn.relu,
+    ])
+
+
+class VideoResNet(nnx.Module):
+    """Stem, stages `layer1..layer4` of BasicBlocks, global average pool, `fc`."""
+
+    def __init__(self, config: VideoResNetConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.stem = _stem(config, rngs)
+        in_planes = config.stage_widths[0]
+        stages = zip(config.stage_convs, config.stage_blocks, config.stage_strides,
+                     config.stage_widths)
+        for index, (kind, blocks, stride, planes) in enumerate(stages):
+            layer = TorchSequential()
+            for block in range(blocks):
+                layer.append(BasicBlock(config, kind, in_planes, planes,
+                                        stride if block == 0 else 1, rngs=rngs))
+                in_planes = planes
+            setattr(self, f"layer{index + 1}", layer)
+        self.num_stages = len(config.stage_blocks)
+        self.fc = _linear(config, in_planes, config.num_classes, rngs)
+
+    def __call__(self, video: jax.Array, *, train: bool = False) -> jax.Array:
+        """video (N, T, H, W, 3) -> logits (N, num_classes) float32."""
+        x = self.stem(video, train=train)  # (N, T, H/2, W/2, C)
+        for index in range(self.num_stages):
+            x = getattr(self, f"layer{index + 1}")(x, train=train)
+        # (N, T', H', W', C) -> (N, C); the mean is taken in float32 for bf16 runs.
+        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        return self.fc(features).astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------
+# Factories (torchvision names)
+
+
+def _build(arch: str, num_classes: int, rngs: nnx.Rngs, overrides: dict) -> VideoResNet:
+    config = dataclasses.replace(_ARCHITECTURES[arch], num_classes=num_classes, **overrides)
+    return VideoResNet(config, rngs=rngs)
+
+
+def r2plus1d_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
+    """R(2+1)D-18; `overrides` are VideoResNetConfig fields (e.g. base_width=16)."""
+    return _build("r2plus1d_18", num_classes, rngs, overrides)
+
+
+def r3d_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
+    """R3D-18 (full 3x3x3 convs); `overrides` are VideoResNetConfig fields."""
+    return _build("r3d_18", num_classes, rngs, overrides)
+
+
+def mc3_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
+    """MC3-18 (3D convs in stage 1, 2D convs after); `overrides` are config fields."""
+    return _build("mc3_18", num_classes, rngs, overrides)
+
+
+# ---------------------------------------------------------------------------
+# torchvision state_dict correspondence
+
+# NNX leaf name -> torchvision leaf name; every other path element is identical.
+TORCH_LEAF_NAMES = {
+    "kernel": "weight",  # Conv3d and Linear
+    "scale": "weight",  # BatchNorm3d
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+
+def torch_key_map(model: VideoResNet) -> dict[str, tuple]:
+    """torchvision state_dict key -> NNX state path, for every Param and BatchStat.
+
+    Works on an `nnx.eval_shape` model too. torchvision's `num_batches_tracked`
+    buffers have no NNX counterpart (flax BatchNorm uses a fixed momentum).
+    """
+    mapping = {}
+    for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
+        *parents, leaf = path
+        key = ".".join([*map(str, parents), TORCH_LEAF_NAMES[leaf]])
+        mapping[key] = tuple(path)
+    return mapping
+
+
+def from_torch_layout(path: tuple, value: np.ndarray) -> np.ndarray:
+    """A torchvision tensor (as numpy) in the layout of the NNX leaf at `path`.
+
+    Conv3d weight (O, I, T, H, W) -> (T, H, W, I, O); Linear weight (O, I) -> (I, O).
+    """
+    if path[-1] != "kernel":
+        return value
+    if value.ndim == 5:
+        return np.transpose(value, (2, 3, 4, 1, 0))
+    if value.ndim == 2:
+        return value.T
+    raise ValueError(f"Unexpected kernel rank {value.ndim} for {'.'.join(map(str, path))}.")
