@@ -101,7 +101,7 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
 
     def train_step(state: TrainState, batch):
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.rest)
+            model = nnx.merge(graphdef, params, state.rest, copy=True)
             # Dropout (where a model has it) draws from a key folded with the step: a resumed
             # run continues exactly.
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(dropout_seed), state.step))
