@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--num_workers", type=int, default=0)
     args = parser.parse_args(argv)
+    train.enable_compilation_cache()
     try:
         evaluate_workdir(pathlib.Path(args.workdir), args.data_dir, args.num_workers)
     except (train.TrainingError, dataset_lib.DatasetError) as error:

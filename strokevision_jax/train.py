@@ -433,8 +433,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def enable_compilation_cache() -> None:
+    """XLA's persistent cache: a rerun (resume, evaluate) skips recompiling the steps."""
+    cache = os.environ.get("STROKEVISION_XLA_CACHE", os.path.expanduser("~/.cache/strokevision_jax/xla"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    enable_compilation_cache()
+    pipeline.retain_freed_memory()  # large clip buffers stay in the heap (see its docstring)
     try:
         model = resolve_model(args.model)
         preset = args.preset or default_preset()
