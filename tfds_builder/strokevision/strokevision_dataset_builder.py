@@ -32,12 +32,12 @@ from tfds_builder.strokevision import tfrecord_copy
 SPLITS = ("train", "validation", "test")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class StrokeVisionConfig(tfds.core.BuilderConfig):
     """A builder config: where clips come from and their stored size."""
 
     source: str = "synthetic"  # "synthetic"; "manual" (real recordings) is reserved.
-    simulator: synthetic.SimulatorConfig = synthetic.SimulatorConfig()
+    simulator: synthetic.SimulatorConfig = dataclasses.field(default_factory=synthetic.SimulatorConfig)
 
     @property
     def num_frames(self) -> int:
@@ -67,6 +67,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "Simulated Box and Block Test configs."}
     BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL]
     DEFAULT_CONFIG_NAME = "synthetic"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # TFDS 4.9 restores `alternative_file_formats` into the info proto but not into the list
+        # that `available_file_formats()` reads (only its read-only builder does both), so
+        # `tfds.data_source` would not see the ArrayRecord shards of a built dataset.
+        restored = [tfds.core.FileFormat(f) for f in self.info.as_proto.alternative_file_formats]
+        known = self.info.alternative_file_formats
+        known.extend(f for f in restored if f not in known)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
