@@ -10,3 +10,10 @@ def small_data_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tfds")
     dataset_lib.ensure_built("synthetic_small", path)
     return path
+
+
+def pytest_configure(config):
+    # Tiny models: compile time dominates, so skip XLA's optimisation passes in tests.
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)

@@ -29,7 +29,15 @@ def builder(config: str = DEFAULT_CONFIG, data_dir: str | os.PathLike | None = N
     names = [c.name for c in Builder.BUILDER_CONFIGS]
     if config not in names:
         raise DatasetError(f"Unknown dataset config {config!r}; valid configs: {', '.join(names)}.")
-    return Builder(config=config, data_dir=os.fspath(resolve_data_dir(data_dir)))
+    root = resolve_data_dir(data_dir)
+    try:
+        return Builder(config=config, data_dir=os.fspath(root))
+    except Exception as error:  # a damaged dataset_info.json, unreadable files, ...
+        path = root / DATASET_NAME / config / str(Builder.VERSION)
+        raise DatasetError(
+            f"Cannot read the dataset directory {path}: {type(error).__name__}: {error}. "
+            f"If it is damaged or was built by another version, delete {path} and run again "
+            "to rebuild it.") from error
 
 
 def ensure_built(config: str = DEFAULT_CONFIG, data_dir: str | os.PathLike | None = None):

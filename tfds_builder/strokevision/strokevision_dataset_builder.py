@@ -19,7 +19,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import multiprocessing
-import os
 import pathlib
 
 import numpy as np
@@ -120,7 +119,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config=None):
         super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
         tfrecord_copy.copy_shards_to_tfrecord(pathlib.Path(self.data_path))
-        self.info.set_file_format("tfrecord", override=True)
+        # Also re-points the split infos of this builder object at the TFRecord shards.
+        self.info.set_file_format("tfrecord", override=True, override_if_initialized=True)
         self.info.add_alternative_file_format("array_record")
 
     def _split_generators(self, dl_manager):
@@ -146,7 +146,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, specs):
         simulator = self.builder_config.simulator
-        workers = max(1, min(os.cpu_count() or 1, 8))
+        workers = max(1, min(multiprocessing.cpu_count(), 8))
         if workers == 1 or len(specs) < 16:
             clips = (synthetic.simulate_clip(simulator, spec) for spec in specs)
             for clip in clips:

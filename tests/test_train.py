@@ -1,0 +1,170 @@
+"""The training loop end to end on `synthetic_small`: train, validate, checkpoint, resume, report."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from strokevision_jax import presets, train
+from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax.data.pipeline import VideoConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_recipe(**changes) -> presets.Recipe:
+    recipe = presets.recipe("r2plus1d_18", "cpu").replace(
+        dataset="synthetic_small", epochs=2, batch_size=8, learning_rate=1e-3,
+        video=VideoConfig(num_frames=4, resize=(36, 48), crop=(32, 32)),
+        model_overrides=(("base_width", 8),))
+    return recipe.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tfds")
+    dataset_lib.ensure_built("synthetic_small", path)
+    return path
+
+
+def test_weighted_cross_entropy_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 1, 1])
+    weights = np.array([0.5, 1.0, 2.0, 3.0], np.float32)
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    per_example = -log_softmax[np.arange(6), labels]
+    expected = (weights[labels] * per_example).sum() / weights[labels].sum()
+    got = train.weighted_cross_entropy(logits, labels, weights)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    mask = np.array([1, 1, 1, 1, 0, 0], np.float32)
+    expected_masked = (weights[labels] * per_example)[:4].sum() / weights[labels][:4].sum()
+    np.testing.assert_allclose(float(train.weighted_cross_entropy(logits, labels, weights, mask)),
+                               expected_masked, rtol=1e-5)
+
+
+def test_class_weights_are_inverse_frequency():
+    weights = train.class_weights(np.array([0, 0, 0, 1, 2, 3]), 4)
+    np.testing.assert_allclose(weights, [6 / 12, 6 / 4, 6 / 4, 6 / 4])
+    with pytest.raises(train.TrainingError, match="transport_without_object"):
+        train.class_weights(np.array([0, 1, 2]), 4)
+
+
+def test_unknown_model_lists_the_valid_names(capsys):
+    assert train.main(["--model=resnet50"]) == 2
+    message = capsys.readouterr().err
+    assert "Unknown --model='resnet50'" in message
+    assert "r2plus1d_18" in message and "r2plus1d -> r2plus1d_18" in message
+
+
+def test_aliases_resolve():
+    assert train.resolve_model("r2plus1d") == "r2plus1d_18"
+    assert train.resolve_model("r3d_18") == "r3d_18"
+
+
+def test_workdir_of_another_model_is_refused(tmp_path):
+    train.check_workdir(tmp_path, {"model": "r3d_18", "preset": "cpu", "overrides": {}, "seed": 0})
+    with pytest.raises(train.TrainingError, match="holds checkpoints of model 'r3d_18'"):
+        train.check_workdir(tmp_path, {"model": "r2plus1d_18", "preset": "cpu", "overrides": {}, "seed": 0})
+
+
+def test_unreadable_dataset_directory_names_the_path(tmp_path):
+    version_dir = tmp_path / "strokevision" / "synthetic_small" / "1.0.0"
+    version_dir.mkdir(parents=True)
+    (version_dir / "dataset_info.json").write_text("{ not json")
+    with pytest.raises(dataset_lib.DatasetError, match=str(version_dir)):
+        dataset_lib.load_source("train", "synthetic_small", tmp_path)
+
+
+def test_train_resume_and_report(data_dir, tmp_path, monkeypatch):
+    recipe = tiny_recipe()
+    uninterrupted = train.train_and_evaluate(recipe, tmp_path / "a", data_dir, log=None)
+
+    # Same run, interrupted after its first epoch, then rerun: resumes from the checkpoint.
+    original = train.train_one_epoch
+    calls = []
+
+    def interrupt_second_epoch(run, state, epoch, log):
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(run, state, epoch, log)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(recipe, tmp_path / "b", data_dir, log=None)
+    monkeypatch.setattr(train, "train_one_epoch", original)
+    resumed = train.train_and_evaluate(recipe, tmp_path / "b", data_dir, log=None)
+    assert calls == [0, 1]
+
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    for a, b in zip(uninterrupted["history"], resumed["history"]):
+        for key in ("train_loss", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert resumed["test"]["accuracy"] == pytest.approx(uninterrupted["test"]["accuracy"])
+    assert resumed["test"]["confusion_matrix"] == uninterrupted["test"]["confusion_matrix"]
+
+    saved = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert set(saved["test"]) >= {"accuracy", "per_class_accuracy", "macro_f1", "confusion_matrix"}
+    assert sum(map(sum, saved["test"]["confusion_matrix"])) == len(
+        dataset_lib.load_source("test", "synthetic_small", data_dir))
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert (tmp_path / "b" / "confusion_matrix.png").exists()
+
+
+def test_non_finite_loss_stops_with_a_message(data_dir, tmp_path, monkeypatch):
+    original_loader = train.Run.loader
+
+    def poisoned(self, split, epoch):
+        for batch in original_loader(self, split, epoch):
+            if split == "train":
+                batch = dict(batch, video=np.full_like(batch["video"], np.nan))
+            yield batch
+
+    monkeypatch.setattr(train.Run, "loader", poisoned)
+    with pytest.raises(train.TrainingError, match=r"Non-finite loss \(nan\) at epoch 1"):
+        train.train_and_evaluate(tiny_recipe(epochs=1), tmp_path, data_dir, log=None)
+
+
+_DEVICE_SCRIPT = """
+import json, sys
+import time
+import jax, numpy as np
+jax.config.update("jax_disable_most_optimizations", True)  # compile time dominates here
+from strokevision_jax import train
+started = time.time()
+from tests.test_train import tiny_recipe
+run = train.Run(tiny_recipe(), None, sys.argv[1], 0, 0, train.make_mesh())
+state = run.initial_state
+losses, first_step_leaf = [], None
+for batch, _ in zip(run.loader("train", 0), range(3)):
+    state, metrics = run.train_step(state, train.shard_batch(train._model_inputs(batch, "video"), run.data_sharding))
+    losses.append(float(metrics["loss"]))
+    if first_step_leaf is None:
+        first_step_leaf = np.concatenate([np.ravel(x)[:4] for x in jax.tree.leaves(state.params)]).tolist()
+print(f"{time.time() - started:.1f} s", file=sys.stderr)
+print(json.dumps({"devices": jax.device_count(), "losses": losses, "first_step_leaf": first_step_leaf}))
+"""
+
+
+def _run_on_devices(count: int, data_dir) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT, str(data_dir)], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_four_devices_give_the_one_device_result(data_dir):
+    one, four = _run_on_devices(1, data_dir), _run_on_devices(4, data_dir)
+    assert (one["devices"], four["devices"]) == (1, 4)
+    # Three steps agree to float precision. (Over a long run they drift apart slowly: Adam divides
+    # by sqrt(v) and so amplifies the reduction-order differences of the sharded BatchNorm.)
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
+    np.testing.assert_allclose(four["first_step_leaf"], one["first_step_leaf"], rtol=1e-4, atol=1e-6)
