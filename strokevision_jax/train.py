@@ -43,6 +43,10 @@ class TrainingError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 
 
+class UsageError(TrainingError):
+    """A bad command-line value (exit status 2, like argparse)."""
+
+
 # ----------------------------------------------------------------------------- set-up
 
 def default_preset() -> str:
@@ -389,7 +393,7 @@ def resolve_model(name: str | None) -> str:
         return name
     if name in models_lib.ALIASES:
         return models_lib.ALIASES[name]
-    raise TrainingError(f"Unknown --model={name!r}. Valid models: {', '.join(valid)} (aliases: {aliases}).")
+    raise UsageError(f"Unknown --model={name!r}. Valid models: {', '.join(valid)} (aliases: {aliases}).")
 
 
 def run_config(recipe: presets.Recipe, overrides: dict, seed: int) -> dict:
@@ -457,7 +461,10 @@ def main(argv=None) -> int:
         preset = args.preset or default_preset()
         overrides = {k: getattr(args, k) for k in ("dataset", "epochs", "batch_size", "learning_rate")
                      if getattr(args, k) is not None}
-        recipe = presets.recipe(model, preset).replace(**overrides)
+        try:
+            recipe = presets.recipe(model, preset).replace(**overrides)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         workdir = pathlib.Path(args.workdir or f"runs/{model}_{preset}")
         data_dir = dataset_lib.resolve_data_dir(args.data_dir)
         why = ("--preset given" if args.preset else
@@ -470,9 +477,9 @@ def main(argv=None) -> int:
             num_workers = 0 if preset == "cpu" else min(8, os.cpu_count() or 1)
         check_workdir(workdir, run_config(recipe, overrides, args.seed))
         train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers)
-    except (TrainingError, dataset_lib.DatasetError, ValueError) as error:
+    except (TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, (ValueError,)) or "Unknown --model" in str(error) else 1
+        return 2 if isinstance(error, UsageError) else 1
     return 0
 
 
