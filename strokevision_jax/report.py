@@ -46,7 +46,7 @@ def format_confusion(matrix, class_names=CLASS_NAMES) -> str:
     matrix = np.asarray(matrix)
     width = max(len(name) for name in class_names)
     header = " " * (width + 2) + " ".join(f"{i:>6d}" for i in range(len(class_names)))
-    rows = [f"true \\ predicted (columns numbered as rows)", header]
+    rows = ["true \\ predicted (columns numbered as rows)", header]
     for i, name in enumerate(class_names):
         rows.append(f"{i} {name:<{width}} " + " ".join(f"{v:>6d}" for v in matrix[i]))
     return "\n".join(rows)
