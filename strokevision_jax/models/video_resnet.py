@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from strokevision_jax.models.layers import Conv3d
+
 StemKind = Literal["r2plus1d", "basic"]
 # "3d": 3x3x3 conv (Conv3DSimple); "2plus1d": 1x3x3 then 3x1x1 (Conv2Plus1D);
 # "no_temporal": 1x3x3 only (Conv3DNoTemporal, MC3's stages 2-4).
@@ -51,6 +53,8 @@ class VideoResNetConfig:
     num_classes: int = 400
     dtype: Any = jnp.float32  # compute dtype (e.g. jnp.bfloat16); logits are float32
     param_dtype: Any = jnp.float32
+    # Run 1xkxk and kx1x1 convs as 2D convs (same result, faster on CPU; see layers.Conv3d).
+    factorize_convs: bool = True
 
     def __post_init__(self):
         stages = (self.stage_convs, self.stage_blocks, self.stage_strides)
@@ -118,18 +122,17 @@ def _conv(
     stride: tuple[int, int, int],
     padding: tuple[int, int, int],
     rngs: nnx.Rngs,
-) -> nnx.Conv:
-    # Explicit symmetric padding: 'SAME' would pad (0, 1) for stride 2, unlike torch.
-    return nnx.Conv(
+) -> Conv3d:
+    return Conv3d(
         in_planes,
         out_planes,
-        kernel_size=kernel,
-        strides=stride,
-        padding=[(p, p) for p in padding],
-        use_bias=False,
+        kernel,
+        stride,
+        padding,
         kernel_init=_conv_init,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
+        factorize=cfg.factorize_convs,
         rngs=rngs,
     )
 
@@ -177,11 +180,11 @@ class TorchSequential(nnx.List):
         return x
 
 
-def _conv3d_simple(cfg, in_planes, out_planes, stride, rngs) -> nnx.Conv:
+def _conv3d_simple(cfg, in_planes, out_planes, stride, rngs) -> Conv3d:
     return _conv(cfg, in_planes, out_planes, (3, 3, 3), (stride,) * 3, (1, 1, 1), rngs)
 
 
-def _conv3d_no_temporal(cfg, in_planes, out_planes, stride, rngs) -> nnx.Conv:
+def _conv3d_no_temporal(cfg, in_planes, out_planes, stride, rngs) -> Conv3d:
     return _conv(cfg, in_planes, out_planes, (1, 3, 3), (1, stride, stride), (0, 1, 1), rngs)
 
 

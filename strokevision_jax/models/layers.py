@@ -1,0 +1,70 @@
+"""Layers shared by the video models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DN3 = ("NDHWC", "DHWIO", "NDHWC")
+_DN2 = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN2)
+
+
+class Conv3d(nnx.Module):
+    """Bias-free 3D convolution on (N, T, H, W, C) with a (kt, kh, kw, in, out) kernel.
+
+    Padding is explicit and symmetric per axis, as torch's `Conv3d(padding=p)`. With
+    `factorize=True` (the default) kernels that are flat in time (kt = 1, e.g. R(2+1)D's
+    1x3x3) run as 2D convolutions over the N*T frames, and kernels that are flat in space
+    (kh = kw = 1: the 3x1x1 temporal convs and the 1x1x1 shortcuts) as 2D convolutions over
+    (T, H*W); strides of a size-1 kernel axis become slices. The result equals the 3D
+    convolution; the lowering is what changes: XLA on CPU runs these 2D convolutions several
+    times faster than its generic 3D ones (`python -m strokevision_jax.benchmark_models` measures it).
+    Full 3x3x3 kernels always run as 3D convolutions.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: Sequence[int],
+        strides: Sequence[int] = (1, 1, 1),
+        padding: Sequence[int] = (0, 0, 0),
+        *,
+        kernel_init: Callable = nnx.initializers.lecun_normal(),
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        factorize: bool = True,
+        rngs: nnx.Rngs,
+    ):
+        shape = (*kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
+        self.strides = tuple(strides)
+        self.padding = tuple(padding)
+        self.dtype = dtype
+        self.factorize = factorize
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        if self.dtype is not None:
+            x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        (kt, kh, kw), (st, sh, sw), (pt, ph, pw) = kernel.shape[:3], self.strides, self.padding
+        if self.factorize and kt == 1 and pt == 0:
+            x = x[:, ::st]
+            n, t, h, w, c = x.shape
+            y = _conv2d(x.reshape(n * t, h, w, c), kernel[0], (sh, sw), [(ph, ph), (pw, pw)])
+            return y.reshape(n, t, *y.shape[1:])
+        if self.factorize and kh == kw == 1 and ph == pw == 0:
+            x = x[:, :, ::sh, ::sw]
+            n, t, h, w, c = x.shape
+            y = _conv2d(x.reshape(n, t, h * w, c), kernel[:, 0], (st, 1), [(pt, pt), (0, 0)])
+            return y.reshape(n, y.shape[1], h, w, y.shape[-1])
+        padding = [(p, p) for p in self.padding]
+        return jax.lax.conv_general_dilated(x, kernel, self.strides, padding, dimension_numbers=_DN3)
