@@ -11,6 +11,7 @@ from flax import nnx
 
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
 _DN2 = ("NHWC", "HWIO", "NHWC")
+_LECUN_NORMAL = nnx.initializers.lecun_normal()
 
 
 def _conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
@@ -26,7 +27,8 @@ class Conv3d(nnx.Module):
     (kh = kw = 1: the 3x1x1 temporal convs and the 1x1x1 shortcuts) as 2D convolutions over
     (T, H*W); strides of a size-1 kernel axis become slices. The result equals the 3D
     convolution; the lowering is what changes: XLA on CPU runs these 2D convolutions several
-    times faster than its generic 3D ones (`python -m strokevision_jax.benchmark_models` measures it).
+    times faster than its generic 3D ones (`python -m strokevision_jax.benchmark_models`
+    measures it; tests/test_layers.py checks the equality).
     Full 3x3x3 kernels always run as 3D convolutions.
     """
 
@@ -38,7 +40,7 @@ class Conv3d(nnx.Module):
         strides: Sequence[int] = (1, 1, 1),
         padding: Sequence[int] = (0, 0, 0),
         *,
-        kernel_init: Callable = nnx.initializers.lecun_normal(),
+        kernel_init: Callable = _LECUN_NORMAL,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         factorize: bool = True,

@@ -55,6 +55,9 @@ class VideoResNetConfig:
     param_dtype: Any = jnp.float32
     # Run 1xkxk and kx1x1 convs as 2D convs (same result, faster on CPU; see layers.Conv3d).
     factorize_convs: bool = True
+    # torchvision's `zero_init_residual`: each block's last BatchNorm starts with scale 0, so
+    # every residual block starts as the identity.
+    zero_init_residual: bool = False
 
     def __post_init__(self):
         stages = (self.stage_convs, self.stage_blocks, self.stage_strides)
@@ -137,12 +140,14 @@ def _conv(
     )
 
 
-def _batch_norm(cfg: VideoResNetConfig, features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def _batch_norm(cfg: VideoResNetConfig, features: int, rngs: nnx.Rngs, *,
+                zero_scale: bool = False) -> nnx.BatchNorm:
     # torch momentum 0.1 weighs the new batch; flax momentum weighs the running value.
     return nnx.BatchNorm(
         features,
         momentum=0.9,
         epsilon=1e-5,
+        scale_init=nnx.initializers.zeros if zero_scale else nnx.initializers.ones,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         rngs=rngs,
@@ -232,7 +237,8 @@ class BasicBlock(nnx.Module):
             conv_a = build(cfg, in_planes, planes, stride, rngs)
             conv_b = build(cfg, planes, planes, 1, rngs)
         self.conv1 = TorchSequential([conv_a, _batch_norm(cfg, planes, rngs), jax.nn.relu])
-        self.conv2 = TorchSequential([conv_b, _batch_norm(cfg, planes, rngs)])
+        self.conv2 = TorchSequential([conv_b, _batch_norm(cfg, planes, rngs,
+                                                          zero_scale=cfg.zero_init_residual)])
         downsample = None
         if stride != 1 or in_planes != planes:
             downsample = TorchSequential([
