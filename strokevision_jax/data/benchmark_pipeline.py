@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from strokevision_jax import presets
 from strokevision_jax.data import pipeline
 
 STORED_SHAPE = (30, 128, 171, 3)  # frames, height, width, channels of the default 'synthetic' config
@@ -63,8 +64,9 @@ class Case:
 
 
 def _cases(selected: Sequence[str], resize_method: str) -> list[Case]:
-    paper = dataclasses.replace(pipeline.VIDEO_PRESETS["paper"], resize_method=resize_method)
-    cpu = dataclasses.replace(pipeline.VIDEO_PRESETS["cpu"], resize_method=resize_method)
+    # The clip configs of R(2+1)D-18's training presets (strokevision_jax/presets.py).
+    paper, cpu = (dataclasses.replace(presets.recipe("r2plus1d_18", name).video, resize_method=resize_method)
+                  for name in ("paper", "cpu"))
     skeleton = pipeline.SkeletonConfig(num_frames=30, layout="h36m", normalization="screen", num_persons=1)
     cases = {
         "video_paper": Case("video paper", pipeline.video_transform(paper, train=True), "video"),

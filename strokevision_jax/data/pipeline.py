@@ -5,7 +5,7 @@ A record is the dict the simulator yields and the TFDS source returns (see DESIG
 'label', plus strings and simulator ground truth that the batches do not carry.
 
     source = strokevision_jax.data.dataset.load_source("synthetic", "train", data_dir)
-    transform = video_transform(VIDEO_PRESETS["paper"], train=True)
+    transform = video_transform(VideoConfig(), train=True)  # 16 x 112 x 112, torchvision's
     for epoch in range(num_epochs):
         for batch in make_loader(source, transform, batch_size=16, train=True, seed=0, epoch=epoch):
             batch["video"]  # (16, 16, 112, 112, 3) float32, normalised
@@ -104,14 +104,6 @@ class VideoConfig:
         _check_choice("VideoConfig", "dtype", self.dtype, tuple(_DTYPES))
         _check_choice("VideoConfig", "sampling", self.sampling, _SAMPLING_RULES)
         _check_choice("VideoConfig", "resize_method", self.resize_method, _RESIZE_METHODS)
-
-
-VIDEO_PRESETS: dict[str, VideoConfig] = {
-    # torchvision video-ResNet recipe: 16 frames, resize 128x171, crop 112x112.
-    "paper": VideoConfig(),
-    # 2-core CPU runs: 8 frames from a 72x96 resize, 64x64 crop.
-    "cpu": VideoConfig(num_frames=8, resize=(72, 96), crop=(64, 64)),
-}
 
 
 @dataclasses.dataclass(frozen=True)
