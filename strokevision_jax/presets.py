@@ -47,7 +47,7 @@ _RESNET_PAPER = dict(
 # - 8 frames: the classes differ by motion; with 4 frames the network stayed near chance.
 # - base width 16 with one block per stage (an R(2+1)D-10 layout, stage widths 16-128): learns
 #   faster per second than width 8 with two blocks per stage, and fits the 10-minute budget.
-# - random 48 x 48 crops of a 56 x 75 resize: without crops the network overfits the 35 training
+# - random 48 x 48 crops of a 56 x 75 resize: without crops the network overfits the 34 training
 #   patients (train 0.95, validation 0.5).
 _RESNET_CPU = dict(
     dataset="synthetic",
