@@ -56,10 +56,59 @@ _RESNET_CPU = dict(
     batch_size=8, epochs=26, learning_rate=1e-3, warmup_epochs=0.5, weight_decay=0.05,
 )
 
+# torchvision's MViT Kinetics-400 transforms: resize the short side to 256, centre crop 224,
+# mean 0.45 and std 0.225 on every channel, 16 frames. MViT's position embeddings are built for
+# its input size, so the size is part of the model config too (see `with_clip`).
+_MVIT_MEAN, _MVIT_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+_MVIT_PAPER = dict(
+    dataset="synthetic",
+    video=VideoConfig(num_frames=16, resize=(256, 341), crop=(224, 224), mean=_MVIT_MEAN, std=_MVIT_STD),
+    model_overrides=(("temporal_size", 16), ("spatial_size", (224, 224))),
+    batch_size=8, epochs=30, learning_rate=1e-4, warmup_epochs=2, weight_decay=0.05,
+    compute_dtype="bfloat16",
+)
+# torchvision's Swin3D Kinetics-400 transforms: resize 256, centre crop 224, ImageNet mean/std,
+# 32-frame clips (the 30 stored frames are resampled to 32).
+_SWIN_PAPER = dict(
+    dataset="synthetic",
+    video=VideoConfig(num_frames=32, resize=(256, 341), crop=(224, 224),
+                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    batch_size=8, epochs=30, learning_rate=1e-4, warmup_epochs=2, weight_decay=0.05,
+    compute_dtype="bfloat16",
+)
+# The transformers' cpu presets keep the architecture (so that Kinetics weights still fit with
+# --pretrained) and shrink the clip: 8 x 64 x 64. They run on a CPU; they were not tuned for
+# accuracy there (from scratch, these models need far more data or pretrained weights).
+_TRANSFORMER_CPU = dict(
+    dataset="synthetic", batch_size=8, epochs=10, learning_rate=3e-4, warmup_epochs=1,
+    weight_decay=0.05,
+)
+
 RECIPES: dict[tuple[str, str], Recipe] = {}
 for _name in ("r2plus1d_18", "r3d_18", "mc3_18"):
     RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_RESNET_PAPER)
     RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_RESNET_CPU)
+for _name in ("mvit_v1_b", "mvit_v2_s"):
+    RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_MVIT_PAPER)
+    RECIPES[(_name, "cpu")] = Recipe(
+        model=_name, preset="cpu", model_overrides=(("temporal_size", 8), ("spatial_size", (64, 64))),
+        video=VideoConfig(num_frames=8, resize=(72, 96), crop=(64, 64), mean=_MVIT_MEAN, std=_MVIT_STD),
+        **_TRANSFORMER_CPU)
+for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
+    RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_SWIN_PAPER)
+    RECIPES[(_name, "cpu")] = Recipe(
+        model=_name, preset="cpu",
+        video=dataclasses.replace(_SWIN_PAPER["video"], num_frames=8, resize=(72, 96), crop=(64, 64)),
+        **_TRANSFORMER_CPU)
+
+
+def with_clip(recipe: Recipe, **video_changes) -> Recipe:
+    """`recipe` with other clip settings (VideoConfig fields); a model built for a fixed input
+    size (MViT's temporal_size / spatial_size) follows the new frames and crop."""
+    video = dataclasses.replace(recipe.video, **video_changes)
+    sizes = {"temporal_size": video.num_frames, "spatial_size": tuple(video.crop)}
+    overrides = tuple((k, sizes.get(k, v)) for k, v in recipe.model_overrides)
+    return recipe.replace(video=video, model_overrides=overrides)
 
 
 def recipe(model: str, preset: str) -> Recipe:

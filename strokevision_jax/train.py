@@ -53,17 +53,61 @@ def default_preset() -> str:
     return "paper" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "cpu"
 
 
-def create_model(recipe: presets.Recipe, num_classes: int, seed: int) -> nnx.Module:
+def create_model(recipe: presets.Recipe, num_classes: int, seed: int, init: str | None = None,
+                 log=print) -> nnx.Module:
+    """The recipe's model, freshly initialised, or with the weights of `init`.
+
+    `init`: a directory written by `python -m checkpoints_convert` or a torchvision `.pth` /
+    `.safetensors` file. A checkpoint fixes the architecture (torchvision's, or the converted
+    config), so the preset's width/depth overrides are not applied; input-size fields (MViT's
+    `temporal_size` / `spatial_size`) are, and position embeddings are interpolated to them
+    when a `.pth` is converted. The classifier is re-initialised for `num_classes`.
+    """
+    dtype = jnp.dtype(recipe.compute_dtype)
+    with models_lib.fast_init():
+        if init is None:
+            return models_lib.MODELS[recipe.model](
+                num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype, **dict(recipe.model_overrides))
+        from checkpoints_convert import api as convert
+
+        sizes = {k: v for k, v in recipe.model_overrides if k in models_lib.INPUT_SIZE_FIELDS}
+        dropped = sorted(k for k, _ in recipe.model_overrides if k not in sizes)
+        if dropped:
+            log(f"--init_from/--pretrained: the checkpoint's architecture is used; the preset's "
+                f"{', '.join(dropped)} overrides are not applied")
+        path = pathlib.Path(init)
+        try:
+            target, copied, reset = _load_initial_weights(recipe, path, num_classes, seed, dtype, sizes)
+        except (convert.ConversionError, convert.CheckpointError, FileNotFoundError) as error:
+            raise TrainingError(f"--init_from/--pretrained: {error}") from None
+        log(f"initialised from {init}" + (f" ({copied} arrays; re-initialised: {', '.join(reset)})"
+                                          if reset else ""))
+        return target
+
+
+def _load_initial_weights(recipe, path: pathlib.Path, num_classes: int, seed: int, dtype, sizes: dict):
+    """(model, arrays copied, paths re-initialised) from a converted directory or a .pth file."""
+    from checkpoints_convert import api as convert
+
+    if path.is_file():
+        model = convert.load_torch_checkpoint(recipe.model, path, num_classes, seed=seed,
+                                              dtype=dtype, **sizes)
+        return model, None, None
+    if not path.is_dir():
+        raise UsageError(f"--init_from/--pretrained={path}: no such file or directory.")
+    meta = convert.load_converted_meta(path)
+    if meta.get("model") != recipe.model:
+        raise UsageError(f"{path} holds a converted {meta.get('model')!r} checkpoint, not {recipe.model!r}.")
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
+    if any(config.get(k) != v for k, v in sizes.items()):
+        raise UsageError(f"{path} was converted with config {meta['config']}, but the preset needs "
+                         f"{sizes}: convert again with --config='{json.dumps(sizes)}'.")
     factory = models_lib.MODELS[recipe.model]
-    # Eager initialisation compiles one small random-number program per parameter shape; XLA's
-    # optimisations only cost time there (20 s -> 8 s for the cpu preset's R(2+1)D-18).
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    try:
-        return factory(num_classes=num_classes, rngs=nnx.Rngs(seed),
-                       dtype=jnp.dtype(recipe.compute_dtype), **dict(recipe.model_overrides))
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
+    source = factory(num_classes=meta["num_classes"], rngs=nnx.Rngs(seed), dtype=dtype, **config)
+    convert.restore_converted(source, path)
+    model = factory(num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype, **config)
+    copied, reset = convert.transfer_weights(source, model)
+    return model, copied, reset
 
 
 def make_optimizer(recipe: presets.Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
@@ -179,6 +223,8 @@ class Run:
     num_workers: int
     mesh: jax.sharding.Mesh
     input_key: str = "video"
+    init: str | None = None  # checkpoint to start from (see create_model)
+    log: Any = print
 
     def __post_init__(self):
         self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
@@ -197,7 +243,7 @@ class Run:
             raise TrainingError(
                 f"--batch_size={self.recipe.batch_size} must be a multiple of the device count "
                 f"({jax.device_count()}).")
-        model = create_model(self.recipe, NUM_CLASSES, self.seed)
+        model = create_model(self.recipe, NUM_CLASSES, self.seed, self.init, self.log)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(self.recipe, self.steps_per_epoch)
         state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params))
@@ -315,12 +361,13 @@ def _is_better(val: dict, best: dict | None) -> bool:
 
 
 def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: pathlib.Path, *,
-                       seed: int = 0, num_workers: int = 0, log=print) -> dict:
+                       seed: int = 0, num_workers: int = 0, init: str | None = None,
+                       log=print) -> dict:
     """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report."""
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir)
     started = time.time()
-    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh())
+    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log)
     checkpoints = Checkpoints(workdir)
     state, history, best, start_epoch = run.initial_state, [], None, 0
     restored = checkpoints.restore(checkpoints.latest, run.initial_state)
@@ -396,8 +443,11 @@ def resolve_model(name: str | None) -> str:
     raise UsageError(f"Unknown --model={name!r}. Valid models: {', '.join(valid)} (aliases: {aliases}).")
 
 
-def run_config(recipe: presets.Recipe, overrides: dict, seed: int) -> dict:
-    return {"model": recipe.model, "preset": recipe.preset, "overrides": overrides, "seed": seed}
+def run_config(recipe: presets.Recipe, overrides: dict, seed: int, init: str | None = None) -> dict:
+    config = {"model": recipe.model, "preset": recipe.preset, "overrides": overrides, "seed": seed}
+    if init is not None:
+        config["init"] = init
+    return config
 
 
 def check_workdir(workdir: pathlib.Path, config: dict) -> None:
@@ -439,6 +489,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--learning_rate", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    init = parser.add_mutually_exclusive_group()
+    init.add_argument("--init_from", default=None,
+                      help="start from a directory written by python -m checkpoints_convert")
+    init.add_argument("--pretrained", default=None,
+                      help="start from a torchvision .pth / .safetensors file (converted on the fly)")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="grain worker processes (default: 0 with the cpu preset, else min(8, cores))")
     return parser.parse_args(argv)
@@ -475,8 +530,12 @@ def main(argv=None) -> int:
         num_workers = args.num_workers
         if num_workers is None:
             num_workers = 0 if preset == "cpu" else min(8, os.cpu_count() or 1)
-        check_workdir(workdir, run_config(recipe, overrides, args.seed))
-        train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers)
+        init = args.init_from or args.pretrained
+        if init is not None:
+            init = str(pathlib.Path(init).absolute())
+        check_workdir(workdir, run_config(recipe, overrides, args.seed, init))
+        train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers,
+                           init=init)
     except (TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1

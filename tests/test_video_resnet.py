@@ -1,8 +1,8 @@
 """Video ResNets: shapes, jit, gradients, BatchNorm modes, sizes and torchvision key layout.
 
-Numerical parity with torchvision itself (eval logits within 1e-4 * max(1, max|logit|))
-is checked ad hoc with torch installed; CI has no torch, so the torchvision state_dict
-layout is pinned here by parameter counts and a fingerprint of its keys and shapes.
+Numerical parity with torchvision itself is tests/test_parity.py (needs torch); here the
+torchvision state_dict layout is also pinned without torch, by parameter counts and a
+fingerprint of its keys and shapes.
 """
 
 import dataclasses
@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from checkpoints_convert.families import video_resnet as video_resnet_family
+from checkpoints_convert.rules import map_state_dict
 from strokevision_jax.models import MODELS
 from strokevision_jax.models import video_resnet as vr
 
@@ -91,44 +93,55 @@ def torch_shape(path, shape):
     return tuple(shape)
 
 
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+               "var": "running_var"}
+
+
+def torch_layout(model) -> dict[str, tuple]:
+    """The torchvision state_dict {key: shape} this model corresponds to (no num_batches_tracked)."""
+    return {".".join([*map(str, path[:-1]), _TORCH_LEAF[path[-1]]]): torch_shape(path, shape)
+            for path, shape in shapes(model).items()}
+
+
 @pytest.mark.parametrize("name", FACTORIES)
 def test_full_size_matches_torchvision_keys_and_counts(name):
+    """Without torch: parameter count and state_dict layout equal torchvision's, and the
+    converter's table maps that state_dict onto the model, transposing kernels."""
     params, entries, fingerprint = TORCHVISION[name]
     model = nnx.eval_shape(lambda: MODELS[name](rngs=nnx.Rngs(0)))
     assert sum(int(np.prod(shape)) for shape in shapes(model, nnx.Param).values()) == params
-
-    leaf_shapes = shapes(model)
-    key_map = vr.torch_key_map(model)
-    assert len(key_map) == len(leaf_shapes) == entries
-    lines = "\n".join(sorted(f"{key} {torch_shape(path, leaf_shapes[path])}"
-                             for key, path in key_map.items()))
+    layout = torch_layout(model)
+    assert len(layout) == entries
+    lines = "\n".join(sorted(f"{key} {shape}" for key, shape in layout.items()))
     assert hashlib.sha256(lines.encode()).hexdigest() == fingerprint, lines
 
+    state_dict = {key: np.zeros(shape, np.float32) for key, shape in layout.items()}
+    state_dict.update({key.replace("running_mean", "num_batches_tracked"): np.zeros((), np.int64)
+                       for key in layout if key.endswith("running_mean")})
+    converted = map_state_dict(video_resnet_family.TABLE, state_dict, shapes(model))
+    assert set(converted) == set(shapes(model))
 
-def test_key_map_examples():
+
+def test_table_examples():
+    rules = [r for r in video_resnet_family.TABLE if hasattr(r, "target")]
+
+    def path(key):
+        (found,) = [p for p in (r.apply(key) for r in rules) if p is not None]
+        return found
+
+    assert path("layer1.0.conv1.0.0.weight") == ("layer1", 0, "conv1", 0, 0, "kernel")
+    assert path("layer1.0.conv1.0.1.weight") == ("layer1", 0, "conv1", 0, 1, "scale")
+    assert path("layer1.0.conv2.1.running_var") == ("layer1", 0, "conv2", 1, "var")
+    assert path("stem.1.running_mean") == ("stem", 1, "mean")
+    assert path("stem.4.weight") == ("stem", 4, "scale")
+    assert path("layer2.0.downsample.0.weight") == ("layer2", 0, "downsample", 0, "kernel")
+    assert path("fc.weight") == ("fc", "kernel")
     model = nnx.eval_shape(lambda: vr.r2plus1d_18(rngs=nnx.Rngs(0)))
-    key_map = vr.torch_key_map(model)
-    assert key_map["layer1.0.conv1.0.0.weight"] == ("layer1", 0, "conv1", 0, 0, "kernel")
-    assert key_map["stem.1.running_mean"] == ("stem", 1, "mean")
-    assert key_map["stem.4.weight"] == ("stem", 4, "scale")
-    assert key_map["layer2.0.downsample.0.weight"] == ("layer2", 0, "downsample", 0, "kernel")
-    assert key_map["fc.weight"] == ("fc", "kernel")
     # (2+1)D middle widths: both convs of a block use the first conv's rule value.
     assert model.layer2[0].conv1[0][0].kernel.shape == (1, 3, 3, 64, 230)
     assert model.layer2[0].conv2[0][0].kernel.shape == (1, 3, 3, 128, 230)
     assert model.layer2[1].conv1[0][0].kernel.shape == (1, 3, 3, 128, 288)
     assert model.stem[0].kernel.shape == (1, 7, 7, 3, 45)
-
-
-def test_from_torch_layout():
-    conv = np.arange(2 * 3 * 4 * 5 * 6).reshape(2, 3, 4, 5, 6)  # (O, I, T, H, W)
-    out = vr.from_torch_layout(("stem", 0, "kernel"), conv)
-    assert out.shape == (4, 5, 6, 3, 2)
-    assert out[1, 2, 3, 1, 0] == conv[0, 1, 1, 2, 3]
-    linear = np.arange(6).reshape(2, 3)  # (out, in)
-    np.testing.assert_array_equal(vr.from_torch_layout(("fc", "kernel"), linear), linear.T)
-    running_mean = np.arange(4.0)
-    assert vr.from_torch_layout(("stem", 1, "mean"), running_mean) is running_mean
 
 
 def test_initializers_follow_torchvision():

@@ -8,8 +8,8 @@ State paths mirror torchvision's state_dict keys one-to-one: torchvision nests
 `nn.Sequential`s, and `TorchSequential` below is an `nnx.List` whose integer indices
 are the same as the Sequential's (parameter-free ReLUs keep their slot), so
 torch `layer1.0.conv1.0.0.weight` is NNX path `('layer1', 0, 'conv1', 0, 0, 'kernel')`.
-Only the leaf names differ (see `TORCH_LEAF_NAMES`) and kernels are transposed
-(`from_torch_layout`), so a checkpoint converter needs no per-layer table.
+Only the leaf names differ and kernels are transposed; the converter's table is
+`checkpoints_convert/families/video_resnet.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from strokevision_jax.models.layers import Conv3d
@@ -293,14 +292,20 @@ class VideoResNet(nnx.Module):
         self.num_stages = len(config.stage_blocks)
         self.fc = _linear(config, in_planes, config.num_classes, rngs)
 
+    def features(self, video: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+        """{'stem', 'layer1'..'layer4': (N, T', H', W', C) activations, 'logits'}, in order."""
+        out = {"stem": self.stem(video, train=train)}  # (N, T, H/2, W/2, C)
+        x = out["stem"]
+        for index in range(self.num_stages):
+            x = out[f"layer{index + 1}"] = getattr(self, f"layer{index + 1}")(x, train=train)
+        # (N, T', H', W', C) -> (N, C); the mean is taken in float32 for bf16 runs.
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        out["logits"] = self.fc(pooled).astype(jnp.float32)
+        return out
+
     def __call__(self, video: jax.Array, *, train: bool = False) -> jax.Array:
         """video (N, T, H, W, 3) -> logits (N, num_classes) float32."""
-        x = self.stem(video, train=train)  # (N, T, H/2, W/2, C)
-        for index in range(self.num_stages):
-            x = getattr(self, f"layer{index + 1}")(x, train=train)
-        # (N, T', H', W', C) -> (N, C); the mean is taken in float32 for bf16 runs.
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
-        return self.fc(features).astype(jnp.float32)
+        return self.features(video, train=train)["logits"]
 
 
 # ---------------------------------------------------------------------------
@@ -325,44 +330,3 @@ def r3d_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNe
 def mc3_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
     """MC3-18 (3D convs in stage 1, 2D convs after); `overrides` are config fields."""
     return _build("mc3_18", num_classes, rngs, overrides)
-
-
-# ---------------------------------------------------------------------------
-# torchvision state_dict correspondence
-
-# NNX leaf name -> torchvision leaf name; every other path element is identical.
-TORCH_LEAF_NAMES = {
-    "kernel": "weight",  # Conv3d and Linear
-    "scale": "weight",  # BatchNorm3d
-    "bias": "bias",
-    "mean": "running_mean",
-    "var": "running_var",
-}
-
-
-def torch_key_map(model: VideoResNet) -> dict[str, tuple]:
-    """torchvision state_dict key -> NNX state path, for every Param and BatchStat.
-
-    Works on an `nnx.eval_shape` model too. torchvision's `num_batches_tracked`
-    buffers have no NNX counterpart (flax BatchNorm uses a fixed momentum).
-    """
-    mapping = {}
-    for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))):
-        *parents, leaf = path
-        key = ".".join([*map(str, parents), TORCH_LEAF_NAMES[leaf]])
-        mapping[key] = tuple(path)
-    return mapping
-
-
-def from_torch_layout(path: tuple, value: np.ndarray) -> np.ndarray:
-    """A torchvision tensor (as numpy) in the layout of the NNX leaf at `path`.
-
-    Conv3d weight (O, I, T, H, W) -> (T, H, W, I, O); Linear weight (O, I) -> (I, O).
-    """
-    if path[-1] != "kernel":
-        return value
-    if value.ndim == 5:
-        return np.transpose(value, (2, 3, 4, 1, 0))
-    if value.ndim == 2:
-        return value.T
-    raise ValueError(f"Unexpected kernel rank {value.ndim} for {'.'.join(map(str, path))}.")
