@@ -31,6 +31,8 @@ class Recipe:
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
     compute_dtype: str = "float32"  # activations; parameters stay float32
+    ema_decay: float | None = None  # evaluate (and keep as best) an average of the weights
+    eval_flip: bool = False  # evaluate on the clip and its mirror image (probabilities averaged)
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -49,11 +51,15 @@ _RESNET_PAPER = dict(
 #   faster per second than width 8 with two blocks per stage, and fits the 10-minute budget.
 # - random 48 x 48 crops of a 56 x 75 resize: without crops the network overfits the 34 training
 #   patients (train 0.95, validation 0.5).
+# - evaluation with an average of the weights (decay 0.998, about 6 epochs) and a mirrored
+#   second view: measured in the same runs as the plain weights, +0.04 to +0.08 test accuracy
+#   (seeds 0 and 1, README).
 _RESNET_CPU = dict(
     dataset="synthetic",
     video=VideoConfig(num_frames=8, resize=(56, 75), crop=(48, 48)),
     model_overrides=(("base_width", 16), ("stage_blocks", (1, 1, 1, 1))),
     batch_size=8, epochs=26, learning_rate=1e-3, warmup_epochs=0.5, weight_decay=0.05,
+    ema_decay=0.998, eval_flip=True,
 )
 
 # torchvision's MViT Kinetics-400 transforms: resize the short side to 256, centre crop 224,

@@ -29,12 +29,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from strokevision_jax import models as models_lib
 from strokevision_jax import presets
+from strokevision_jax import report as report_lib
 from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data import pipeline
 from strokevision_jax.data.classes import CLASS_NAMES, NUM_CLASSES
-from strokevision_jax import models as models_lib
-from strokevision_jax import report as report_lib
 
 RUN_CONFIG = "run_config.json"
 
@@ -139,6 +139,28 @@ class TrainState:
     params: Any  # nnx.State of nnx.Param
     rest: Any  # nnx.State of everything else (BatchNorm statistics, ...)
     opt_state: Any
+    ema: Any = None  # (params, rest) averaged over steps when the recipe has ema_decay, else None
+
+    def eval_weights(self):
+        """The (params, rest) to evaluate: the moving average where there is one."""
+        return self.ema if self.ema is not None else (self.params, self.rest)
+
+
+def update_ema(ema, new, step, decay: float):
+    """ema <- d * ema + (1 - d) * new on floating leaves, d = min(decay, (1 + step) / (10 + step)).
+
+    The ramp (as TensorFlow's ExponentialMovingAverage with num_updates) keeps the first steps'
+    random weights from dominating the average. Integer and key leaves (RNG state) are copied.
+    """
+    step = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+    def mix(e, n):
+        if jnp.issubdtype(n.dtype, jnp.floating):
+            return (d * e.astype(jnp.float32) + (1.0 - d) * n.astype(jnp.float32)).astype(n.dtype)
+        return n
+
+    return jax.tree.map(mix, ema, new)
 
 
 def weighted_cross_entropy(logits, labels, weights, mask=None, label_smoothing=0.0):
@@ -151,7 +173,8 @@ def weighted_cross_entropy(logits, labels, weights, mask=None, label_smoothing=0
     return jnp.sum(losses * example_weights) / jnp.maximum(jnp.sum(example_weights), 1e-12)
 
 
-def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: float, dropout_seed: int):
+def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: float, dropout_seed: int,
+                    ema_decay: float | None = None):
     weights = jnp.asarray(weights)
 
     def train_step(state: TrainState, batch):
@@ -173,17 +196,25 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "grad_norm": optax.global_norm(grads),
         }
-        return TrainState(state.step + 1, params, rest, opt_state), metrics
+        ema = None if state.ema is None else update_ema(state.ema, (params, rest), state.step, ema_decay)
+        return TrainState(state.step + 1, params, rest, opt_state, ema), metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef, weights, input_key: str):
+def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False):
+    """Logits and summed weighted loss of a batch; with `flip_view`, the clip and its mirror
+    image are two views whose softmax probabilities are averaged (the logits returned are the
+    log of that average), as multi-view testing does in video recognition."""
     weights = jnp.asarray(weights)
 
     def eval_step(state: TrainState, batch):
-        model = nnx.merge(graphdef, state.params, state.rest)
-        logits = model(batch[input_key], train=False)
+        model = nnx.merge(graphdef, *state.eval_weights())
+        clips = batch[input_key]
+        logits = model(clips, train=False)
+        if flip_view:  # (N, T, H, W, C): mirror the width axis
+            views = jnp.stack([logits, model(clips[:, :, :, ::-1], train=False)]).astype(jnp.float32)
+            logits = jax.nn.logsumexp(jax.nn.log_softmax(views, axis=-1), axis=0) - jnp.log(2.0)
         mask = batch["mask"].astype(jnp.float32)
         loss_sum = weighted_cross_entropy(logits, batch["label"], weights, mask) * jnp.sum(
             weights[batch["label"]] * mask)
@@ -246,11 +277,13 @@ class Run:
         model = create_model(self.recipe, NUM_CLASSES, self.seed, self.init, self.log)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         self.tx = make_optimizer(self.recipe, self.steps_per_epoch)
-        state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params))
+        # The average starts as a copy: the state is donated to the step, its buffers must be distinct.
+        ema = jax.tree.map(jnp.copy, (params, rest)) if self.recipe.ema_decay else None
+        state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params), ema)
         self.initial_state = jax.device_put(state, self.replicated)
         self.train_step = make_train_step(self.graphdef, self.tx, self.weights, self.input_key,
-                                          self.recipe.label_smoothing, self.seed)
-        self.eval_step = make_eval_step(self.graphdef, self.weights, self.input_key)
+                                          self.recipe.label_smoothing, self.seed, self.recipe.ema_decay)
+        self.eval_step = make_eval_step(self.graphdef, self.weights, self.input_key, self.recipe.eval_flip)
 
     def loader(self, split: str, epoch: int):
         train = split == "train"

@@ -11,9 +11,3 @@ def small_data_dir(tmp_path_factory):
     dataset_lib.ensure_built("synthetic_small", path)
     return path
 
-
-def pytest_configure(config):
-    # Tiny models: compile time dominates, so skip XLA's optimisation passes in tests.
-    import jax
-
-    jax.config.update("jax_disable_most_optimizations", True)

@@ -54,6 +54,40 @@ def test_class_weights_are_inverse_frequency():
         train.class_weights(np.array([0, 1, 2]), 4)
 
 
+def test_weight_average_ramps_up_and_copies_non_float_leaves():
+    import jax.numpy as jnp
+
+    ema = {"w": jnp.zeros(3), "count": jnp.array(5, jnp.uint32)}
+    new = {"w": jnp.ones(3), "count": jnp.array(6, jnp.uint32)}
+    # Step 0: d = min(0.999, 1 / 10) = 0.1, so the average moves 90 % of the way.
+    first = train.update_ema(ema, new, jnp.array(0), 0.999)
+    np.testing.assert_allclose(np.asarray(first["w"]), 0.9, rtol=1e-6)
+    assert int(first["count"]) == 6
+    # Late in training the decay itself applies.
+    late = train.update_ema(ema, new, jnp.array(100_000), 0.999)
+    np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-3)
+
+
+def test_flip_view_averages_the_probabilities_of_both_views():
+    import jax
+    from flax import nnx
+
+    recipe = tiny_recipe()
+    model = train.create_model(recipe, 4, seed=0, log=None)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = train.TrainState(np.int32(0), params, rest, None)
+    clips = np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)).astype(np.float32)
+    batch = {"video": clips, "label": np.array([0, 3]), "mask": np.array([1, 1])}
+    weights = np.ones(4, np.float32)
+    logits, _ = train.make_eval_step(graphdef, weights, "video", flip_view=True)(state, batch)
+    one_view = np.asarray(train.make_eval_step(graphdef, weights, "video")(state, batch)[0])
+    mirrored = np.asarray(train.make_eval_step(graphdef, weights, "video")(
+        state, dict(batch, video=clips[:, :, :, ::-1]))[0])
+    expected = (jax.nn.softmax(one_view) + jax.nn.softmax(mirrored)) / 2
+    np.testing.assert_allclose(np.exp(np.asarray(logits)), expected, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(one_view, mirrored)  # the two views differ, so the test can fail
+
+
 def test_unknown_model_lists_the_valid_names(capsys):
     assert train.main(["--model=resnet50"]) == 2
     message = capsys.readouterr().err

@@ -17,10 +17,16 @@ from flax import nnx
 
 from checkpoints_convert.families import video_resnet as video_resnet_family
 from checkpoints_convert.rules import map_state_dict
-from strokevision_jax.models import MODELS
+from strokevision_jax.models import MODELS, fast_init
 from strokevision_jax.models import video_resnet as vr
 
-jax.config.update("jax_disable_most_optimizations", True)
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile():
+    """Tiny models: compile time dominates, so skip XLA's optimisations in this module only
+    (a process-wide switch would slow the training tests that share an xdist worker)."""
+    with fast_init():
+        yield
 
 FACTORIES = ["r2plus1d_18", "r3d_18", "mc3_18"]
 # (N, T, H, W, 3): small enough to compile fast, big enough that every stage has
