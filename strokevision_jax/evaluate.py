@@ -18,7 +18,7 @@ from strokevision_jax.data import dataset as dataset_lib
 
 
 def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print) -> dict:
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     config_path = workdir / train.RUN_CONFIG
     if not config_path.exists():
         raise train.TrainingError(f"{config_path} not found: --workdir must be a directory written by "

@@ -398,7 +398,7 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
                        log=print) -> dict:
     """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report."""
     log = log or (lambda *a, **k: None)
-    workdir = pathlib.Path(workdir)
+    workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     started = time.time()
     run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log)
     checkpoints = Checkpoints(workdir)
