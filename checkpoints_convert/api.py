@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import pathlib
+import pkgutil
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -23,11 +24,18 @@ __all__ = ["CheckpointError", "ConversionError", "from_state_dict", "load_torch_
 
 log = logging.getLogger("checkpoints_convert")
 
-FAMILIES = ("video_resnet", "mvit", "swin3d")
+
+
+def _family_names() -> list[str]:
+    """Every module of `checkpoints_convert.families` is a family (see its docstring)."""
+    from checkpoints_convert import families
+
+    return sorted(info.name for info in pkgutil.iter_modules(families.__path__) if not info.ispkg)
 
 
 def _families() -> dict[str, ModuleType]:
-    return {name: importlib.import_module(f"checkpoints_convert.families.{name}") for name in FAMILIES}
+    return {name: importlib.import_module(f"checkpoints_convert.families.{name}")
+            for name in _family_names()}
 
 
 def model_names() -> list[str]:
@@ -73,6 +81,9 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
     """
     family = family_of(name)
     config = {family.CONFIG_KWARGS.get(k, k): v for k, v in config.items()}
+    prepare = getattr(family, "prepare", None)
+    if prepare is not None:  # e.g. strip a `module.` (DataParallel) prefix
+        state_dict = prepare(state_dict)
     head_classes = checkpoint_num_classes(name, state_dict)
     num_classes = head_classes if num_classes is None else int(num_classes)
     reinit_head = num_classes != head_classes
@@ -84,6 +95,9 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
 
     with fast_init():
         model = family.MODELS[name](num_classes=num_classes, rngs=nnx.Rngs(seed), **config)
+    check_fixed = getattr(family, "check_fixed", None)
+    if check_fixed is not None:  # fixed buffers (e.g. a graph's adjacency) compared, then dropped
+        state_dict = check_fixed(state_dict, model)
     values = map_state_dict(family.TABLE, state_dict, variable_shapes(model),
                             skip=lambda key: reinit_head and key in family.HEAD_KEYS)
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
