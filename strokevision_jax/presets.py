@@ -10,29 +10,71 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from strokevision_jax.data.pipeline import VideoConfig
+from strokevision_jax.data.pipeline import SkeletonConfig, VideoConfig
 
 PRESETS = ("paper", "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
+class HeatmapConfig:
+    """PoseConv3D's input: GeneratePoseTarget on the device, inside the jitted step, from the
+    skeleton pipeline's compact-frame keypoints (its image size is the skeleton config's
+    `compact_size` in training and `compact_eval_size` in evaluation)."""
+
+    sigma: float = 0.6
+    use_score: bool = True
+    mode: str = "keypoint"  # or "limb"
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Everything that decides a training run except the seed and the paths."""
+    """Everything that decides a training run except the seed and the paths.
+
+    The input is `video` (video models) or `skeleton` (+ `heatmaps` for PoseConv3D): exactly one
+    of the two is set.
+    """
 
     model: str
     preset: str
     dataset: str
-    video: VideoConfig
+    video: VideoConfig | None = None
+    skeleton: SkeletonConfig | None = None
+    heatmaps: HeatmapConfig | None = None
     model_overrides: tuple[tuple[str, Any], ...] = ()  # fields of the model's config
     batch_size: int = 16
     epochs: int = 30
+    optimizer: str = "adamw"  # or "sgd" (momentum 0.9)
+    nesterov: bool = False  # sgd only
     learning_rate: float = 1e-3  # peak, reached after the warm-up
+    head_lr_scale: float = 1.0  # the classifier head ('head' / 'cls_head' / 'fc') learns this much faster
+    schedule: str = "cosine"  # warm-up then cosine to 0; or "exponential": x lr_decay per epoch
+    lr_decay: float = 1.0
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
+    decay_all: bool = False  # weight decay on every parameter (torch's default), not kernels only
+    grad_clip: float | None = None  # max global gradient norm
     label_smoothing: float = 0.0
     compute_dtype: str = "float32"  # activations; parameters stay float32
     ema_decay: float | None = None  # evaluate (and keep as best) an average of the weights
     eval_flip: bool = False  # evaluate on the clip and its mirror image (probabilities averaged)
+
+    def __post_init__(self):
+        if (self.video is None) == (self.skeleton is None):
+            raise ValueError(f"Recipe {self.model}/{self.preset}: set exactly one of video and skeleton.")
+        if self.heatmaps is not None and (self.skeleton is None or self.skeleton.normalization != "compact"):
+            raise ValueError(f"Recipe {self.model}/{self.preset}: heatmaps need a skeleton config "
+                             "with normalization='compact'.")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"Recipe.optimizer={self.optimizer!r}: choose 'adamw' or 'sgd'.")
+        if self.schedule not in ("cosine", "exponential"):
+            raise ValueError(f"Recipe.schedule={self.schedule!r}: choose 'cosine' or 'exponential'.")
+        if self.eval_flip and self.video is None:
+            raise ValueError(f"Recipe {self.model}/{self.preset}: eval_flip mirrors video clips only.")
+
+    @property
+    def input_key(self) -> str:
+        """The batch entry the model (or its heatmap step) reads."""
+        return "video" if self.video is not None else "keypoints"
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -106,6 +148,70 @@ for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
         model=_name, preset="cpu",
         video=dataclasses.replace(_SWIN_PAPER["video"], num_frames=8, resize=(72, 96), crop=(64, 64)),
         **_TRANSFORMER_CPU)
+
+# The skeleton models (issue 4's recipes). The stored clips are 1 s, 30 frames, one person.
+#
+# MotionBERT, configs/action/MB_ft_NTU60_xsub.yaml: 243-frame NTU clips there, our clips' 30
+# frames here (temp_embed is sliced); two persons (a zero second one, as upstream's NTU
+# pipeline); AdamW, backbone lr 1e-4 and head lr 1e-3, weight decay 0.01 on everything,
+# x 0.99 per epoch, batch 32, 300 epochs.
+_MOTIONBERT_PAPER = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=30, layout="h36m", normalization="screen", num_persons=2),
+    batch_size=32, epochs=300, learning_rate=1e-4, head_lr_scale=10.0, schedule="exponential",
+    lr_decay=0.99, warmup_epochs=0.0, weight_decay=0.01, decay_all=True,
+)
+# cpu: the small DSTformer (dim 64, depth 2, 4 heads) with a 256-wide head, one person.
+_MOTIONBERT_CPU = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=30, layout="h36m", normalization="screen", num_persons=1),
+    model_overrides=(("dim_feat", 64), ("dim_rep", 64), ("depth", 2), ("num_heads", 4),
+                     ("hidden_dim", 256), ("maxlen", 30)),
+    batch_size=16, epochs=30, learning_rate=1e-3, head_lr_scale=1.0, warmup_epochs=1.0,
+    weight_decay=0.01,
+)
+# PoseConv3D, configs/posec3d/slowonly_r50_ntu60_xsub/joint.py: 48 sampled frames (our 30 repeat,
+# as UniformSampleFrames does on short clips), PoseCompact + RandomResizedCrop to 56 x 56 in
+# training and 64 x 64 in evaluation, keypoint heatmaps with sigma 0.6 and scores; SGD momentum
+# 0.9, weight decay 3e-4, gradient norm clipped at 40, cosine. Upstream: lr 0.4 for 8 GPUs x 32
+# clips; here batch 32 with the linearly scaled lr 0.05; 24 epochs of 10 repeats = 240 epochs.
+_POSECONV3D_PAPER = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=48, layout="coco", normalization="compact", num_persons=1),
+    heatmaps=HeatmapConfig(sigma=0.6, use_score=True, mode="keypoint"),
+    batch_size=32, epochs=240, optimizer="sgd", learning_rate=0.05, warmup_epochs=0.0,
+    weight_decay=3e-4, decay_all=True, grad_clip=40.0,
+)
+_POSECONV3D_CPU = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=16, layout="coco", normalization="compact", num_persons=1,
+                            compact_size=(32, 32), compact_eval_size=(32, 32)),
+    heatmaps=HeatmapConfig(sigma=0.6, use_score=True, mode="keypoint"),
+    model_overrides=(("base_channels", 16), ("stage_blocks", (1, 1, 1))),
+    batch_size=16, epochs=20, optimizer="sgd", learning_rate=0.05, warmup_epochs=1.0,
+    weight_decay=3e-4, decay_all=True, grad_clip=40.0,
+)
+# MS-G3D, configs/msg3d/msg3d_pyskl_ntu60_xsub_hrnet/j.py: PreNormalize2D, 100 sampled frames,
+# two persons; SGD nesterov momentum 0.9, weight decay 5e-4, cosine; upstream lr 0.1 for
+# 8 GPUs x 16 clips, here batch 16 with lr 0.0125 (linear scaling); 16 epochs of 5 repeats.
+_MSG3D_PAPER = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=100, layout="coco", normalization="centre", num_persons=2),
+    batch_size=16, epochs=80, optimizer="sgd", nesterov=True, learning_rate=0.0125,
+    warmup_epochs=0.0, weight_decay=5e-4, decay_all=True,
+)
+_MSG3D_CPU = dict(
+    dataset="synthetic",
+    skeleton=SkeletonConfig(num_frames=30, layout="coco", normalization="centre", num_persons=1),
+    model_overrides=(("base_channels", 16), ("num_person", 1)),
+    batch_size=16, epochs=20, optimizer="sgd", nesterov=True, learning_rate=0.05,
+    warmup_epochs=1.0, weight_decay=5e-4, decay_all=True,
+)
+for _name, _paper, _cpu in (("motionbert", _MOTIONBERT_PAPER, _MOTIONBERT_CPU),
+                            ("poseconv3d", _POSECONV3D_PAPER, _POSECONV3D_CPU),
+                            ("msg3d", _MSG3D_PAPER, _MSG3D_CPU)):
+    RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_paper)
+    RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_cpu)
 
 
 def with_clip(recipe: Recipe, **video_changes) -> Recipe:

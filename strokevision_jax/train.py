@@ -110,16 +110,75 @@ def _load_initial_weights(recipe, path: pathlib.Path, num_classes: int, seed: in
     return model, copied, reset
 
 
-def make_optimizer(recipe: presets.Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay to zero, weight decay on kernels only."""
+HEAD_MODULES = ("head", "cls_head", "fc")  # top-level names of the models' classifiers
+
+
+def learning_rate_schedule(recipe: presets.Recipe, steps_per_epoch: int, peak: float) -> optax.Schedule:
+    """'cosine': linear warm-up over `warmup_epochs`, then cosine decay to zero at the end.
+    'exponential': warm-up, then x `lr_decay` after every epoch (MotionBERT's ExponentialLR)."""
     total = max(1, recipe.epochs * steps_per_epoch)
-    warmup = min(total - 1, max(1, int(round(recipe.warmup_epochs * steps_per_epoch))))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, recipe.learning_rate, warmup, total, 0.0)
+    warmup = min(total - 1, int(round(recipe.warmup_epochs * steps_per_epoch)))
+    if recipe.schedule == "exponential":
+        decay = optax.exponential_decay(peak, steps_per_epoch, recipe.lr_decay, staircase=True)
+        if warmup == 0:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+    if warmup == 0:
+        return optax.cosine_decay_schedule(peak, total)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, 0.0)
 
-    def decay_mask(params):  # no decay on biases and norm scales (1-D parameters)
-        return jax.tree.map(lambda p: p.ndim > 1, params)
 
-    return optax.adamw(schedule, weight_decay=recipe.weight_decay, mask=decay_mask)
+def make_optimizer(recipe: presets.Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The recipe's optimiser: AdamW, or SGD with momentum 0.9 (nesterov if asked).
+
+    Weight decay applies to kernels only (parameters of rank > 1), or with `decay_all` to every
+    parameter as torch's optimisers do. With `head_lr_scale` != 1 the classifier (top-level
+    module in HEAD_MODULES) gets its own learning rate, `learning_rate * head_lr_scale`
+    (MotionBERT's backbone / head rates). `grad_clip` clips the global gradient norm first.
+    """
+
+    def decay_mask(params):
+        return jax.tree.map(lambda p: recipe.decay_all or p.ndim > 1, params)
+
+    def optimizer(peak: float) -> optax.GradientTransformation:
+        schedule = learning_rate_schedule(recipe, steps_per_epoch, peak)
+        if recipe.optimizer == "sgd":
+            return optax.chain(optax.add_decayed_weights(recipe.weight_decay, mask=decay_mask),
+                               optax.sgd(schedule, momentum=0.9, nesterov=recipe.nesterov))
+        return optax.adamw(schedule, weight_decay=recipe.weight_decay, mask=decay_mask)
+
+    if recipe.head_lr_scale == 1.0:
+        tx = optimizer(recipe.learning_rate)
+    else:
+        def group(params):
+            return jax.tree_util.tree_map_with_path(
+                lambda path, _: "head" if getattr(path[0], "key", None) in HEAD_MODULES else "backbone",
+                params)
+
+        tx = optax.multi_transform(
+            {"backbone": optimizer(recipe.learning_rate),
+             "head": optimizer(recipe.learning_rate * recipe.head_lr_scale)}, group)
+    if recipe.grad_clip is not None:
+        tx = optax.chain(optax.clip_by_global_norm(recipe.grad_clip), tx)
+    return tx
+
+
+def input_adapter(recipe: presets.Recipe, train: bool):
+    """The part of the input pipeline that runs inside the jitted steps: for PoseConv3D the
+    keypoint heatmaps, (N, M, T, V, 3) compact-frame keypoints -> (N, T, H, W, V), generated on
+    the device; otherwise the identity."""
+    config = recipe.heatmaps
+    if config is None:
+        return lambda inputs: inputs
+    from strokevision_jax.data.heatmaps import generate_pose_target
+
+    size = recipe.skeleton.compact_size if train else recipe.skeleton.compact_eval_size
+
+    def to_heatmaps(keypoints):
+        return generate_pose_target(keypoints[..., :2], keypoints[..., 2], image_size=tuple(size),
+                                    sigma=config.sigma, use_score=config.use_score, mode=config.mode)
+
+    return to_heatmaps
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -174,7 +233,9 @@ def weighted_cross_entropy(logits, labels, weights, mask=None, label_smoothing=0
 
 
 def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: float, dropout_seed: int,
-                    ema_decay: float | None = None):
+                    ema_decay: float | None = None, adapt=lambda inputs: inputs):
+    """The jitted step (state, batch) -> (state, metrics); `adapt` maps the batch's input to the
+    model's (see `input_adapter`)."""
     weights = jnp.asarray(weights)
 
     def train_step(state: TrainState, batch):
@@ -183,7 +244,7 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
             # Dropout (where a model has it) draws from a key folded with the step: a resumed
             # run continues exactly.
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(dropout_seed), state.step))
-            logits = model(batch[input_key], train=True)
+            logits = model(adapt(batch[input_key]), train=True)
             loss = weighted_cross_entropy(logits, batch["label"], weights, None, label_smoothing)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (logits, rest)
@@ -202,7 +263,8 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False):
+def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False,
+                   adapt=lambda inputs: inputs):
     """Logits and summed weighted loss of a batch; with `flip_view`, the clip and its mirror
     image are two views whose softmax probabilities are averaged (the logits returned are the
     log of that average), as multi-view testing does in video recognition."""
@@ -210,7 +272,7 @@ def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False):
 
     def eval_step(state: TrainState, batch):
         model = nnx.merge(graphdef, *state.eval_weights())
-        clips = batch[input_key]
+        clips = adapt(batch[input_key])
         logits = model(clips, train=False)
         if flip_view:  # (N, T, H, W, C): mirror the width axis
             views = jnp.stack([logits, model(clips[:, :, :, ::-1], train=False)]).astype(jnp.float32)
@@ -253,11 +315,11 @@ class Run:
     seed: int
     num_workers: int
     mesh: jax.sharding.Mesh
-    input_key: str = "video"
     init: str | None = None  # checkpoint to start from (see create_model)
     log: Any = print
 
     def __post_init__(self):
+        self.input_key = self.recipe.input_key
         self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.sources = {split: dataset_lib.load_source(split, self.recipe.dataset, self.data_dir)
@@ -282,12 +344,17 @@ class Run:
         state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params), ema)
         self.initial_state = jax.device_put(state, self.replicated)
         self.train_step = make_train_step(self.graphdef, self.tx, self.weights, self.input_key,
-                                          self.recipe.label_smoothing, self.seed, self.recipe.ema_decay)
-        self.eval_step = make_eval_step(self.graphdef, self.weights, self.input_key, self.recipe.eval_flip)
+                                          self.recipe.label_smoothing, self.seed, self.recipe.ema_decay,
+                                          input_adapter(self.recipe, train=True))
+        self.eval_step = make_eval_step(self.graphdef, self.weights, self.input_key, self.recipe.eval_flip,
+                                        input_adapter(self.recipe, train=False))
 
     def loader(self, split: str, epoch: int):
         train = split == "train"
-        transform = pipeline.video_transform(self.recipe.video, train=train)
+        if self.recipe.video is not None:
+            transform = pipeline.video_transform(self.recipe.video, train=train)
+        else:
+            transform = pipeline.skeleton_transform(self.recipe.skeleton, train=train)
         return pipeline.make_loader(
             self.sources[split], transform, batch_size=self.recipe.batch_size, train=train,
             seed=self.seed, epoch=epoch, num_workers=self.num_workers)
@@ -529,6 +596,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="start from a torchvision .pth / .safetensors file (converted on the fly)")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="grain worker processes (default: 0 with the cpu preset, else min(8, cores))")
+    parser.add_argument("--manual_dir", default=None,
+                        help="with --dataset=manual: your recordings (labels.csv, videos, keypoints), imported "
+                             "on first use; see tfds_builder/strokevision/README.md")
+    parser.add_argument("--skip_invalid", action="store_true",
+                        help="with --manual_dir: skip bad rows of labels.csv (listed after the build) instead of stopping")
     return parser.parse_args(argv)
 
 
@@ -566,6 +638,12 @@ def main(argv=None) -> int:
         init = args.init_from or args.pretrained
         if init is not None:
             init = str(pathlib.Path(init).absolute())
+        if args.manual_dir is not None or recipe.dataset == dataset_lib.MANUAL_CONFIG:
+            if recipe.dataset != dataset_lib.MANUAL_CONFIG:
+                raise UsageError(f"--manual_dir is read by --dataset=manual only, not --dataset={recipe.dataset}.")
+            # Built (or checked against labels.csv) before the workdir is touched.
+            dataset_lib.ensure_built(recipe.dataset, data_dir, manual_dir=args.manual_dir,
+                                     skip_invalid=args.skip_invalid)
         check_workdir(workdir, run_config(recipe, overrides, args.seed, init))
         train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers,
                            init=init)

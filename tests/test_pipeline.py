@@ -223,6 +223,97 @@ def test_video_flip_mirrors_frames():
     assert outcomes == {"same", "mirrored"}
 
 
+def test_person_region_spans_the_upper_body_with_margin_and_aspect():
+    keypoints = np.zeros((3, 17, 2), np.float32)
+    scores = np.zeros((3, 17), np.float32)
+    # Nose, shoulders, elbows, wrists spread over x 40..80, y 20..50; a confident hip far away
+    # and a low-score wrist far away must not count.
+    keypoints[:, [0, 5, 6, 7, 8, 9, 10]] = [[60, 20], [40, 30], [80, 30], [40, 40], [80, 40], [45, 50], [75, 50]]
+    scores[:, [0, 5, 6, 7, 8, 9, 10]] = 0.9
+    keypoints[:, 11], scores[:, 11] = [150, 120], 0.9
+    keypoints[1, 9], scores[1, 9] = [0, 0], 0.1
+    box = pl.person_region(keypoints, scores, (128, 171), aspect_hw=(3, 4), margin=0.25)
+    # 40 x 30 grown by 25 % each side -> 60 x 45, which already has the 4:3 aspect; centred on (60, 35).
+    assert (box.left, box.top, box.width, box.height) == pytest.approx((30.0, 12.5, 60.0, 45.0))
+    # Too big for the frame, or nothing confident: the whole frame.
+    whole = (0.0, 0.0, 20.0, 30.0)
+    small = pl.person_region(keypoints, scores, (20, 30), aspect_hw=(3, 4), margin=0.25)
+    assert (small.top, small.left, small.height, small.width) == whole
+    nothing = pl.person_region(keypoints, np.zeros_like(scores), (20, 30), aspect_hw=(3, 4), margin=0.25)
+    assert (nothing.top, nothing.left, nothing.height, nothing.width) == whole
+
+
+def test_person_region_crop_resamples_inside_the_region():
+    """With region='person', the eval centre crop of the resized region equals cropping the region by hand."""
+    record = _records(1, seed=3)[0]
+    record["keypoint_scores"][:] = 0.9
+    record["keypoints"][:] = [4.0, 3.0]
+    record["keypoints"][:, 5] = [12.0, 9.0]  # the upper-body box: x 4..12, y 3..9
+    config = dataclasses.replace(SMALL_VIDEO, region="person", region_margin=0.0, resize=(6, 8), crop=(6, 8))
+    region = pl.person_region(record["keypoints"], record["keypoint_scores"], (HEIGHT, WIDTH), (6, 8), 0.0)
+    assert (region.left, region.top, region.width, region.height) == (4.0, 3.0, 8.0, 6.0)
+    out = _denormalize(pl.video_transform(config, train=False)(record, None)["video"], config)
+    frames = pl.sample_frame_indices(CLIP_FRAMES, config.num_frames, None)
+    np.testing.assert_allclose(out, record["video"][frames, 3:9, 4:12].astype(np.float32), atol=1e-3)
+
+
+def test_centre_normalisation_maps_the_frame_to_the_unit_square():
+    xy = np.array([[0.0, 0.0, 0.7], [20.0, 10.0, 0.5], [10.0, 5.0, 1.0]], np.float32)
+    out = kp.normalize_centre(xy, width=20, height=10)
+    np.testing.assert_allclose(out, [[-1, -1, 0.7], [1, 1, 0.5], [0, 0, 1.0]])
+
+
+def test_compact_box_follows_pose_compact():
+    xy = np.zeros((2, 17, 2), np.float32)
+    xy[0, :3] = [[10, 20], [30, 20], [20, 60]]  # x 10..30, y 20..60; zeros are missing joints
+    left, top, width, height = pl.compact_box(xy, padding=0.25)
+    # Square of half-size 20 * 1.25 = 25 around (20, 40), edges truncated to integers.
+    assert (left, top, width, height) == (-5.0, 15.0, 50.0, 50.0)
+    assert pl.compact_box(np.full((1, 17, 2), 5.0, np.float32), 0.25) is None  # under 10 px
+
+
+def test_compact_keypoints_in_evaluation_and_training():
+    joints = np.zeros((2, 17, 3), np.float32)
+    joints[:, :3, :2] = [[10, 20], [30, 20], [20, 60]]
+    joints[..., 2] = 0.8
+    config = pl.SkeletonConfig(num_frames=2, layout="coco", normalization="compact",
+                               compact_size=(56, 56), compact_eval_size=(64, 64))
+    out = pl.compact_keypoints(joints, config, None)
+    # Box (-5, 15) of side 50 -> a 64 x 64 frame; missing joints stay at 0; scores pass through.
+    np.testing.assert_allclose(out[0, :3, :2], (joints[0, :3, :2] - [-5, 15]) * 64 / 50, rtol=1e-6)
+    assert (out[:, 3:, :2] == 0).all() and (out[..., 2] == 0.8).all()
+    rng = np.random.default_rng(0)
+    crops = np.stack([pl.compact_keypoints(joints, config, rng)[0, :3, :2] for _ in range(50)])
+    # A random crop of area 56-100 % of the box: coordinates of the 56-px frame, shifted and
+    # scaled up by at most 1 / sqrt(0.56 * 3 / 4) per axis.
+    spread = crops.std(axis=0)
+    assert (spread > 0.5).all()
+    assert crops.min() > -56 / 0.64 and crops.max() < 56 * 1.7
+
+
+def test_compact_flip_mirrors_nonzero_x_and_swaps_sides():
+    joints = np.zeros((1, 17, 3), np.float32)
+    joints[0, kp.COCO17["left_wrist"]] = [10.0, 5.0, 0.9]
+    flipped = pl.flip_compact(joints, width=56)
+    np.testing.assert_allclose(flipped[0, kp.COCO17["right_wrist"]], [46.0, 5.0, 0.9])
+    assert (flipped[0, kp.COCO17["left_wrist"]] == 0).all()
+
+
+@pytest.mark.parametrize("normalization", ["centre", "compact"])
+def test_skeleton_pyskl_normalisations_through_the_transform(normalization):
+    record = _records(1, seed=5)[0]
+    config = pl.SkeletonConfig(num_frames=4, layout="coco", normalization=normalization, num_persons=2)
+    for train in (False, True):
+        out = pl.skeleton_transform(config, train)(record, np.random.default_rng(0))["keypoints"]
+        assert out.shape == (2, 4, 17, 3) and out.dtype == np.float32
+        assert (out[1] == 0).all()
+    evaluated = pl.skeleton_transform(config, False)(record, None)["keypoints"][0]
+    if normalization == "centre":
+        assert -1 <= evaluated[..., :2].min() and evaluated[..., :2].max() <= 1
+    else:
+        assert 0 <= evaluated[..., :2].min() and evaluated[..., :2].max() <= 64
+
+
 def test_video_config_errors_name_the_field():
     with pytest.raises(ValueError, match="crop=\\(20, 20\\) is larger than resize"):
         pl.VideoConfig(resize=(16, 16), crop=(20, 20))

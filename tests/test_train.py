@@ -68,6 +68,50 @@ def test_weight_average_ramps_up_and_copies_non_float_leaves():
     np.testing.assert_allclose(np.asarray(late["w"]), 0.001, rtol=1e-3)
 
 
+def test_head_learning_rate_and_exponential_schedule():
+    """MotionBERT's recipe: the head learns head_lr_scale times faster; x lr_decay per epoch."""
+    import jax.numpy as jnp
+
+    recipe = presets.recipe("motionbert", "paper").replace(
+        optimizer="sgd", weight_decay=0.0, learning_rate=0.1, head_lr_scale=10.0, lr_decay=0.5,
+        warmup_epochs=0.0, epochs=3)
+    params = {"backbone": {"w": jnp.ones((2, 2))}, "head": {"fc2": {"kernel": jnp.ones((2, 2))}}}
+    grads = {"backbone": {"w": jnp.full((2, 2), 2.0)}, "head": {"fc2": {"kernel": jnp.full((2, 2), 2.0)}}}
+    tx = train.make_optimizer(recipe, steps_per_epoch=4)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["backbone"]["w"]), -0.2)
+    np.testing.assert_allclose(np.asarray(updates["head"]["fc2"]["kernel"]), -2.0)
+    schedule = train.learning_rate_schedule(recipe, 4, 0.1)
+    assert [float(schedule(step)) for step in (0, 3, 4, 8)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+
+
+def test_weight_decay_on_kernels_only_unless_decay_all():
+    import jax.numpy as jnp
+
+    params = {"fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+    zero = {"fc": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)}}
+    for decay_all, bias_update in ((False, 0.0), (True, -0.1 * 0.5)):
+        recipe = tiny_recipe(optimizer="sgd", learning_rate=0.1, weight_decay=0.5, warmup_epochs=0.0,
+                             decay_all=decay_all)
+        tx = train.make_optimizer(recipe, steps_per_epoch=10)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        np.testing.assert_allclose(np.asarray(updates["fc"]["kernel"]), -0.05, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(updates["fc"]["bias"]), bias_update, rtol=1e-6)
+
+
+def test_poseconv3d_heatmaps_are_made_inside_the_step():
+    recipe = presets.recipe("poseconv3d", "cpu")
+    keypoints = np.zeros((2, 1, 16, 17, 3), np.float32)
+    keypoints[..., 0], keypoints[..., 1], keypoints[..., 2] = 10.0, 20.0, 1.0
+    train_maps = np.asarray(train.input_adapter(recipe, train=True)(keypoints))
+    eval_maps = np.asarray(train.input_adapter(recipe, train=False)(keypoints))
+    assert train_maps.shape == (2, 16, *recipe.skeleton.compact_size, 17)
+    assert eval_maps.shape == (2, 16, *recipe.skeleton.compact_eval_size, 17)
+    assert train_maps[0, 0, 20, 10, 0] == pytest.approx(1.0) and train_maps[0, 0, 0, 0, 0] == 0.0
+    video = presets.recipe("r2plus1d_18", "cpu")
+    assert train.input_adapter(video, train=True)(keypoints) is keypoints
+
+
 def test_flip_view_averages_the_probabilities_of_both_views():
     import jax
     from flax import nnx

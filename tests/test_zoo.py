@@ -1,5 +1,6 @@
 """Every model of the zoo trains through the train CLI; starting from torchvision weights works."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,15 +9,22 @@ import pytest
 from strokevision_jax import models, presets, train
 
 TINY_CLIP = dict(num_frames=4, resize=(36, 48), crop=(32, 32))
+# Skeleton models: 8 frames; PoseConv3D's heatmaps 24 x 24.
+TINY_SKELETON = dict(num_frames=8, compact_size=(24, 24), compact_eval_size=(24, 24))
 
 
 @pytest.fixture
 def tiny_presets(monkeypatch):
-    """The real presets with 4 x 32 x 32 clips on synthetic_small, one epoch of batch 16."""
+    """The real presets with 4 x 32 x 32 clips (or 8-frame skeletons) on synthetic_small, one
+    epoch of batch 16."""
     real = presets.recipe
 
     def tiny(model, preset):
-        recipe = presets.with_clip(real(model, preset), **TINY_CLIP)
+        recipe = real(model, preset)
+        if recipe.video is not None:
+            recipe = presets.with_clip(recipe, **TINY_CLIP)
+        else:
+            recipe = recipe.replace(skeleton=dataclasses.replace(recipe.skeleton, **TINY_SKELETON))
         return recipe.replace(dataset="synthetic_small", epochs=1, batch_size=16)
 
     monkeypatch.setattr(presets, "recipe", tiny)

@@ -93,6 +93,17 @@ def normalize_screen(xy: np.ndarray, width: float, height: float) -> np.ndarray:
     return out
 
 
+def normalize_centre(xy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Pixel -> pyskl's PreNormalize2D coordinates: x and y each mapped from [0, size] to [-1, 1].
+
+    xy: (..., C >= 2); channels >= 2 (the score) pass through."""
+    xy = np.asarray(xy, dtype=np.float32)
+    out = xy.copy()
+    out[..., 0] = (xy[..., 0] - width / 2) / (width / 2)
+    out[..., 1] = (xy[..., 1] - height / 2) / (height / 2)
+    return out
+
+
 def denormalize_screen(xy: np.ndarray, width: float, height: float) -> np.ndarray:
     """Inverse of `normalize_screen`: screen coordinates -> pixels (channels >= 2 pass through)."""
     xy = np.asarray(xy, dtype=np.float32)

@@ -53,6 +53,8 @@ KINETICS_STD = (0.22803, 0.22145, 0.216989)
 _DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _SAMPLING_RULES = ("uniform", "strided")
 _RESIZE_METHODS = ("bilinear", "pil")
+_REGIONS = ("frame", "person")
+_NORMALIZATIONS = ("screen", "centre", "compact", "none")
 
 
 def _check_choice(owner: str, field: str, value: Any, choices: tuple[Any, ...]) -> None:
@@ -76,6 +78,12 @@ class VideoConfig:
     flip: training only; mirror the clip with probability 0.5.
     resize_method: 'bilinear' (vectorised numpy over all T frames, half-pixel centres and no
         antialiasing, like torchvision's video presets) or 'pil' (per frame, antialiased).
+    region: what `resize` applies to. 'frame': the whole stored frame (torchvision's transforms).
+        'person': a person-centred box from the clip's keypoints (see `person_region`): the box
+        around the subject's head, shoulders, elbows and wrists over all frames, grown by
+        `region_margin` of its size on each side and to the aspect ratio of `resize`. It
+        normalises the patient's distance to the camera and spends the pixels on the arms and
+        the box instead of the room, as person-centred crops do in skeleton-aided video models.
     """
 
     num_frames: int = 16
@@ -89,10 +97,15 @@ class VideoConfig:
     sampling: str = "uniform"
     frame_stride: int = 1
     resize_method: str = "bilinear"
+    region: str = "frame"
+    region_margin: float = 0.2
 
     def __post_init__(self):
         if self.num_frames <= 0:
             raise ValueError(f"VideoConfig.num_frames={self.num_frames} must be positive.")
+        _check_choice("VideoConfig", "region", self.region, _REGIONS)
+        if self.region_margin < 0:
+            raise ValueError(f"VideoConfig.region_margin={self.region_margin} must be >= 0.")
         _check_pair("VideoConfig", "resize", self.resize)
         _check_pair("VideoConfig", "crop", self.crop)
         if self.crop[0] > self.resize[0] or self.crop[1] > self.resize[1]:
@@ -111,8 +124,16 @@ class SkeletonConfig:
     """How stored COCO-17 pixel keypoints become the (T, J, 3) = (x, y, score) model input.
 
     layout: 'coco' (stored order) or 'h36m' (MotionBERT, via `keypoints.coco_to_h36m`).
-    normalization: 'screen' (MotionBERT: x in [-1, 1], y scaled by the same factor) or 'none'
-        (pixels of the stored frame).
+    normalization:
+        'screen'  MotionBERT: x in [-1, 1], y scaled by the same factor;
+        'centre'  pyskl's PreNormalize2D (MS-G3D): x and y each to [-1, 1] over the frame;
+        'compact' PoseConv3D's pipeline: pixels of a `compact_size` (training) or
+                  `compact_eval_size` (evaluation) frame around the person: pyskl's PoseCompact
+                  (the box of all non-zero keypoints of the clip, grown by `compact_padding`,
+                  made square, allowed past the image border), then in training a random crop
+                  of a fraction `compact_area` of it with aspect ratio in [3/4, 4/3]
+                  (RandomResizedCrop), each resized to its output size;
+        'none'    pixels of the stored frame.
     flip: training only; with probability 0.5 mirror x (x -> W - 1 - x) and swap left/right joints.
     num_persons: None -> (T, J, 3); M -> (M, T, J, 3), person 0 is the subject, the rest zeros.
     frame_size: (H, W) of the stored frames; None reads it from record['video'].shape. Set it when
@@ -127,12 +148,21 @@ class SkeletonConfig:
     sampling: str = "uniform"
     frame_stride: int = 1
     frame_size: tuple[int, int] | None = None
+    compact_size: tuple[int, int] = (56, 56)
+    compact_eval_size: tuple[int, int] = (64, 64)
+    compact_padding: float = 0.25
+    compact_area: tuple[float, float] = (0.56, 1.0)
 
     def __post_init__(self):
         if self.num_frames <= 0:
             raise ValueError(f"SkeletonConfig.num_frames={self.num_frames} must be positive.")
         _check_choice("SkeletonConfig", "layout", self.layout, ("coco", "h36m"))
-        _check_choice("SkeletonConfig", "normalization", self.normalization, ("screen", "none"))
+        _check_choice("SkeletonConfig", "normalization", self.normalization, _NORMALIZATIONS)
+        _check_pair("SkeletonConfig", "compact_size", self.compact_size)
+        _check_pair("SkeletonConfig", "compact_eval_size", self.compact_eval_size)
+        if not 0 < self.compact_area[0] <= self.compact_area[1] <= 1:
+            raise ValueError(f"SkeletonConfig.compact_area={self.compact_area} must be (lo, hi) "
+                             "with 0 < lo <= hi <= 1.")
         _check_choice("SkeletonConfig", "sampling", self.sampling, _SAMPLING_RULES)
         if self.num_persons is not None and self.num_persons <= 0:
             raise ValueError(f"SkeletonConfig.num_persons={self.num_persons} must be None or positive.")
@@ -185,8 +215,46 @@ class CropBox:
     width: float
 
 
-def crop_box(stored_hw: tuple[int, int], config: VideoConfig, rng: np.random.Generator | None) -> CropBox:
-    """Picks the crop in resized-frame pixels (integer offsets) and maps it to stored-frame pixels."""
+# COCO-17 joints that outline the working upper body: nose, shoulders, elbows, wrists.
+_REGION_JOINTS = np.array([0, 5, 6, 7, 8, 9, 10])
+_REGION_MIN_SCORE = 0.3
+
+
+def person_region(keypoints: np.ndarray, scores: np.ndarray, stored_hw: tuple[int, int],
+                  aspect_hw: tuple[int, int], margin: float) -> CropBox:
+    """The person-centred box of a clip, in stored-frame pixels.
+
+    keypoints (T, 17, 2) pixels and scores (T, 17): the box spans the confident (score >= 0.3)
+    nose, shoulder, elbow and wrist positions of all frames, grows by `margin` times its size on
+    each side, then along one axis to the aspect ratio of `aspect_hw`, and is shifted (never
+    shrunk) to lie inside the frame. A clip without confident joints, or whose box would not fit,
+    gets the whole frame.
+    """
+    height, width = stored_hw
+    whole = CropBox(0.0, 0.0, float(height), float(width))
+    joints = np.asarray(keypoints, np.float32)[:, _REGION_JOINTS]
+    confident = np.asarray(scores, np.float32)[:, _REGION_JOINTS] >= _REGION_MIN_SCORE
+    points = joints[confident & np.isfinite(joints).all(-1)]
+    if len(points) < 2:
+        return whole
+    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+    box_w, box_h = (x1 - x0) * (1 + 2 * margin), (y1 - y0) * (1 + 2 * margin)
+    ratio = aspect_hw[1] / aspect_hw[0]  # width / height
+    box_w, box_h = max(box_w, box_h * ratio, 1.0), max(box_h, box_w / ratio, 1.0)
+    if box_w > width or box_h > height:
+        return whole
+    left = float(np.clip((x0 + x1 - box_w) / 2, 0.0, width - box_w))
+    top = float(np.clip((y0 + y1 - box_h) / 2, 0.0, height - box_h))
+    return CropBox(top, left, float(box_h), float(box_w))
+
+
+def crop_box(stored_hw: tuple[int, int], config: VideoConfig, rng: np.random.Generator | None,
+             region: CropBox | None = None) -> CropBox:
+    """Picks the crop in resized-frame pixels (integer offsets) and maps it to stored-frame pixels.
+
+    `region` (stored-frame pixels, default the whole frame) is what is resized to `config.resize`.
+    """
+    region = region or CropBox(0.0, 0.0, float(stored_hw[0]), float(stored_hw[1]))
     resized_h, resized_w = config.resize
     crop_h, crop_w = config.crop
     if rng is None:
@@ -198,8 +266,8 @@ def crop_box(stored_hw: tuple[int, int], config: VideoConfig, rng: np.random.Gen
         box_h, box_w = min(resized_h, crop_h * scale), min(resized_w, crop_w * scale)
         top = rng.integers(0, math.floor(resized_h - box_h) + 1)
         left = rng.integers(0, math.floor(resized_w - box_w) + 1)
-    scale_y, scale_x = stored_hw[0] / resized_h, stored_hw[1] / resized_w
-    return CropBox(top * scale_y, left * scale_x, box_h * scale_y, box_w * scale_x)
+    scale_y, scale_x = region.height / resized_h, region.width / resized_w
+    return CropBox(region.top + top * scale_y, region.left + left * scale_x, box_h * scale_y, box_w * scale_x)
 
 
 def _box_is_plain_slice(box: CropBox, out_hw: tuple[int, int]) -> bool:
@@ -314,7 +382,11 @@ class VideoTransform:
         frame_indices = sample_frame_indices(
             stored.shape[0], config.num_frames, rng, sampling=config.sampling, frame_stride=config.frame_stride
         )
-        box = crop_box(stored.shape[1:3], config, rng)
+        region = None
+        if config.region == "person":
+            region = person_region(record["keypoints"], record["keypoint_scores"], stored.shape[1:3],
+                                   config.resize, config.region_margin)
+        box = crop_box(stored.shape[1:3], config, rng, region)
         flip = rng is not None and config.flip and rng.random() < 0.5
         clip = crop_and_resize(stored[frame_indices], box, config.crop, config.resize_method, flip)
         return {"video": self._normalize(clip), "label": _label(record)}
@@ -360,12 +432,19 @@ class SkeletonTransform:
             coords.shape[0], config.num_frames, rng, sampling=config.sampling, frame_stride=config.frame_stride
         )
         joints = np.concatenate([coords[frame_indices], scores[frame_indices, :, None]], axis=-1)  # (T, 17, 3)
-        if rng is not None and config.flip and rng.random() < 0.5:
+        flip = rng is not None and config.flip and rng.random() < 0.5
+        if config.normalization == "compact":  # pyskl flips after the crop, non-zero x only
+            joints = compact_keypoints(joints, config, rng)
+            if flip:
+                joints = flip_compact(joints, config.compact_size[1])
+        elif flip:
             joints = kp.flip_keypoints(joints, width, kp.COCO17_FLIP_INDEX)
         if config.layout == "h36m":
             joints = kp.coco_to_h36m(joints)
         if config.normalization == "screen":
             joints = kp.normalize_screen(joints, width, height)
+        elif config.normalization == "centre":
+            joints = kp.normalize_centre(joints, width, height)
         if config.num_persons is not None:
             persons = np.zeros((config.num_persons, *joints.shape), np.float32)
             persons[0] = joints
@@ -382,6 +461,60 @@ class SkeletonTransform:
             )
         height, width = np.shape(record["video"])[1:3]
         return int(height), int(width)
+
+
+_COMPACT_MIN_EXTENT = 10.0  # pyskl's PoseCompact threshold (pixels): a smaller box is left alone
+_CROP_ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
+
+
+def compact_box(xy: np.ndarray, padding: float) -> tuple[float, float, float, float] | None:
+    """pyskl's PoseCompact(padding, threshold=10, hw_ratio=1, allow_imgpad=True) on (..., 2)
+    pixel keypoints: (left, top, width, height) of the square box around every non-zero
+    coordinate, grown by `padding`, with integer edges; None when the keypoints span less than
+    10 px (upstream then keeps the whole frame)."""
+    x, y = xy[..., 0], xy[..., 1]
+    x, y = x[x != 0], y[y != 0]
+    if x.size == 0 or y.size == 0:
+        return None
+    (x0, x1), (y0, y1) = (x.min(), x.max()), (y.min(), y.max())
+    if x1 - x0 < _COMPACT_MIN_EXTENT or y1 - y0 < _COMPACT_MIN_EXTENT:
+        return None
+    half = max(x1 - x0, y1 - y0) / 2 * (1 + padding)  # hw_ratio 1: a square
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top, right, bottom = int(cx - half), int(cy - half), int(cx + half), int(cy + half)
+    return float(left), float(top), float(right - left), float(bottom - top)
+
+
+def compact_keypoints(joints: np.ndarray, config: SkeletonConfig, rng: np.random.Generator | None) -> np.ndarray:
+    """(T, J, 3) stored-frame pixels -> pixels of the compact frame (see SkeletonConfig)."""
+    out = joints.astype(np.float32, copy=True)
+    out_h, out_w = config.compact_size if rng is not None else config.compact_eval_size
+    box = compact_box(joints[..., :2], config.compact_padding)
+    if box is None:
+        return out  # as upstream: too small a person to compact, nothing moves
+    left, top, width, height = box
+    if rng is not None:  # RandomResizedCrop of the compact box, area and aspect jittered
+        area = rng.uniform(*config.compact_area)
+        aspect = math.exp(rng.uniform(math.log(_CROP_ASPECT[0]), math.log(_CROP_ASPECT[1])))
+        crop_w = min(1.0, math.sqrt(area * aspect)) * width
+        crop_h = min(1.0, math.sqrt(area / aspect)) * height
+        left += rng.uniform(0.0, width - crop_w)
+        top += rng.uniform(0.0, height - crop_h)
+        width, height = crop_w, crop_h
+    present = joints[..., :2] != 0  # upstream moves only non-zero coordinates
+    shifted = joints[..., :2] - np.array([left, top], np.float32)
+    scaled = shifted * np.array([out_w / width, out_h / height], np.float32)
+    out[..., :2] = np.where(present, scaled, 0.0)
+    return out
+
+
+def flip_compact(joints: np.ndarray, width: int) -> np.ndarray:
+    """pyskl's Flip on compact-frame keypoints: x -> width - x where x is non-zero, left and
+    right COCO joints swapped."""
+    flipped = joints[:, list(kp.COCO17_FLIP_INDEX)].copy()
+    x = flipped[..., 0]
+    flipped[..., 0] = np.where(x != 0, width - x, 0.0)
+    return flipped
 
 
 def video_transform(config: VideoConfig, train: bool) -> VideoTransform:

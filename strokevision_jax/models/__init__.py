@@ -4,7 +4,10 @@ import contextlib
 
 import jax
 
+from strokevision_jax.models.motionbert import motionbert
+from strokevision_jax.models.msg3d import msg3d
 from strokevision_jax.models.mvit import mvit_v1_b, mvit_v2_s
+from strokevision_jax.models.poseconv3d import poseconv3d
 from strokevision_jax.models.swin3d import swin3d_b, swin3d_s, swin3d_t
 from strokevision_jax.models.video_resnet import mc3_18, r2plus1d_18, r3d_18
 
@@ -17,6 +20,10 @@ MODELS = {
     "swin3d_t": swin3d_t,
     "swin3d_s": swin3d_s,
     "swin3d_b": swin3d_b,
+    # skeleton models
+    "motionbert": motionbert,
+    "poseconv3d": poseconv3d,
+    "msg3d": msg3d,
 }
 
 # The paper's short names.
