@@ -44,9 +44,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--manual_dir", default=None,
+                        help="runs on --dataset=manual: the recordings, to build strokevision/manual in --data_dir "
+                             "if it is not there (e.g. another machine)")
+    parser.add_argument("--skip_invalid", action="store_true", help="with --manual_dir: see train --help")
     args = parser.parse_args(argv)
     train.enable_compilation_cache()
     try:
+        if args.manual_dir is not None:
+            dataset_lib.ensure_built(dataset_lib.MANUAL_CONFIG, args.data_dir, manual_dir=args.manual_dir,
+                                     skip_invalid=args.skip_invalid)
         evaluate_workdir(pathlib.Path(args.workdir), args.data_dir, args.num_workers)
     except (train.TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,7 +4,8 @@ Configs:
   synthetic        (default) the simulated Box and Block Test, ~1,000 clips from 50 patients,
                    30 frames at 30 fps, 128 x 171 frames (torchvision's video-ResNet resize).
   synthetic_small  the same simulator, tiny: builds in seconds, for tests.
-  (a `manual` config for real recordings is planned; `StrokeVisionConfig.source` leaves room.)
+  manual           your recordings: labels.csv, videos and pose-estimator keypoints in
+                   `manual_dir` (README.md), imported to the same 30 x 128 x 171 clips.
 
 Storage: one build writes every split twice, as ArrayRecord (random access: `tfds.data_source`
 and grain, no TensorFlow needed) and as TFRecord (`tfds.load` / tf.data). The dataset info
@@ -18,15 +19,17 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import multiprocessing
+import os
 import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from strokevision_jax.data import synthetic
+from strokevision_jax.data import recordings, synthetic
 from strokevision_jax.data.classes import CLASS_NAMES
-from tfds_builder.strokevision import tfrecord_copy
+from tfds_builder.strokevision import manual, tfrecord_copy
 
 SPLITS = ("train", "validation", "test")
 
@@ -35,16 +38,19 @@ SPLITS = ("train", "validation", "test")
 class StrokeVisionConfig(tfds.core.BuilderConfig):
     """A builder config: where clips come from and their stored size."""
 
-    source: str = "synthetic"  # "synthetic"; "manual" (real recordings) is reserved.
+    source: str = "synthetic"  # "synthetic" (the simulator) or "manual" (recordings in manual_dir)
     simulator: synthetic.SimulatorConfig = dataclasses.field(default_factory=synthetic.SimulatorConfig)
+    recordings: recordings.ImportConfig = dataclasses.field(default_factory=recordings.ImportConfig)
 
     @property
     def num_frames(self) -> int:
-        return self.simulator.num_frames
+        return self.simulator.num_frames if self.source == "synthetic" else self.recordings.num_frames
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        return self.simulator.height, self.simulator.width
+        if self.source == "synthetic":
+            return self.simulator.height, self.simulator.width
+        return self.recordings.height, self.recordings.width
 
 
 SYNTHETIC = StrokeVisionConfig(
@@ -57,18 +63,35 @@ SYNTHETIC_SMALL = StrokeVisionConfig(
     description="Tiny simulated Box and Block Test for tests: 12 patients, 96 clips, 64 x 86 frames.",
     simulator=synthetic.SimulatorConfig(num_patients=12, num_clips=96, height=64, width=86, seed=1),
 )
+MANUAL = StrokeVisionConfig(
+    name="manual",
+    description="Your recordings (manual_dir: labels.csv, videos, keypoints), as 30 x 128 x 171 clips.",
+    source="manual",
+    recordings=recordings.ImportConfig(num_frames=30, fps=30.0, height=128, width=171),
+)
+SKIP_INVALID_ENV = "STROKEVISION_SKIP_INVALID"  # for `tfds build`, which cannot pass builder arguments
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """StrokeVision-Bench clips: RGB frames, COCO-17 keypoints and scores, four action labels."""
 
     VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Simulated Box and Block Test configs."}
-    BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL]
+    RELEASE_NOTES = {"1.0.0": "Simulated Box and Block Test configs; `manual` for real recordings."}
+    BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL, MANUAL]
     DEFAULT_CONFIG_NAME = "synthetic"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Only the `manual` config needs it: a directory with labels.csv (clip_id, patient_id, label, "
+        "video, keypoints[, start, end, split]), the videos and the pose estimator's keypoint files, "
+        "laid out as tfds_builder/strokevision/README.md describes.")
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, skip_invalid: bool | None = None, **kwargs):
+        """skip_invalid (`manual` only): skip bad rows of labels.csv and list them in the summary
+        instead of stopping; None reads $STROKEVISION_SKIP_INVALID (1 / true / yes)."""
         super().__init__(**kwargs)
+        if skip_invalid is None:
+            skip_invalid = os.environ.get(SKIP_INVALID_ENV, "").strip().lower() in ("1", "true", "yes")
+        self.skip_invalid = skip_invalid
+        self._manual_plan: manual.ImportPlan | None = None
         # TFDS 4.9 restores `alternative_file_formats` into the info proto but not into the list
         # that `available_file_formats()` reads (only its read-only builder does both), so
         # `tfds.data_source` would not see the ArrayRecord shards of a built dataset.
@@ -92,6 +115,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "patient_id": tfds.features.Text(),
             "clip_id": tfds.features.Text(),
         }
+        if config.source == "manual":
+            features.update({
+                "source_video": tfds.features.Text(doc="The clip's video, as written in labels.csv."),
+                "start": tfds.features.Scalar(dtype=np.float32, doc="Window start in the video (s)."),
+                "end": tfds.features.Scalar(dtype=np.float32, doc="Window end in the video (s)."),
+                "source_frame_index": tfds.features.Tensor(
+                    shape=(frames,), dtype=np.int32, doc="Decoded frame of the video behind each stored frame."),
+            })
         if config.source == "synthetic":
             features.update({
                 "tested_hand": tfds.features.ClassLabel(names=("left", "right")),
@@ -118,6 +149,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _download_and_prepare(self, dl_manager, download_config=None):
         super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+        if self.builder_config.source == "manual":
+            # Raises for clips that failed to decode: TFDS then deletes its temporary build dir.
+            self._write_import_report(manual.finish(self._manual_plan))
         tfrecord_copy.copy_shards_to_tfrecord(pathlib.Path(self.data_path))
         # Also re-points the split infos of this builder object at the TFRecord shards.
         self.info.set_file_format("tfrecord", override=True, override_if_initialized=True)
@@ -125,8 +159,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        if config.source != "synthetic":
-            raise NotImplementedError(f"Config source {config.source!r} is not implemented yet.")
+        if config.source == "manual":
+            return self._manual_split_generators(dl_manager)
         simulator = config.simulator
         patients_by_split = synthetic.split_patients(simulator)
         _assert_disjoint_by_patient(patients_by_split)
@@ -143,6 +177,34 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         for spec in synthetic.clip_specs(simulator):
             specs_by_split[split_of_patient[patient_names[spec.patient_index]]].append(spec)
         return {split: self._generate_examples(specs_by_split[split]) for split in SPLITS}
+
+    def _manual_split_generators(self, dl_manager):
+        try:
+            manual_dir = pathlib.Path(dl_manager.manual_dir)
+        except AssertionError as error:  # TFDS: missing or empty manual dir
+            raise recordings.RecordingsError(
+                "strokevision/manual is built from your recordings: pass manual_dir (train: --manual_dir, "
+                "tfds build: --manual_dir) pointing at a directory laid out as "
+                f"tfds_builder/strokevision/README.md describes ({error}).", []) from None
+        plan = manual.plan_import(manual_dir, self.builder_config.recordings, self.skip_invalid)
+        _assert_disjoint_by_patient({split: sorted({row.patient_id for row in rows})
+                                     for split, rows in plan.clips.items()})
+        self._manual_plan = plan
+        return {split: manual.import_split(plan, split) for split in SPLITS}
+
+    def _write_import_report(self, text: str) -> None:
+        print(text, flush=True)
+        plan = self._manual_plan
+        path = pathlib.Path(self.data_path)
+        (path / "import_report.txt").write_text(text + "\n")
+        record = {
+            "manual_dir": str(plan.manual_dir.absolute()),
+            "labels_sha256": plan.labels_sha256,
+            "clips": {split: plan.imported[split] for split in SPLITS},
+            "skipped_rows": plan.skipped_rows + len(plan.failed),
+            "recordings": dataclasses.asdict(self.builder_config.recordings),
+        }
+        (path / manual.IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
     def _generate_examples(self, specs):
         simulator = self.builder_config.simulator
