@@ -92,7 +92,8 @@ def _check_segment(cells: dict, base: pathlib.Path, videos: dict, keypoints: dic
         errors.append(error)
     if cells.get("split", "") not in ("", "train", "validation", "test"):
         errors.append(rec.InputError(f"unknown split {cells['split']!r}", "use train, validation, test or leave it empty"))
-    for column, cache, read in (("video", videos, _probe), ("keypoints", keypoints, _keypoints)):
+    readers = (("video", videos, rec.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
+    for column, cache, read in readers:
         cell = cells[column]
         if cell not in cache:
             cache[cell] = read(base / cell)
@@ -136,20 +137,6 @@ def plan_clips(segments: pathlib.Path, clip_seconds: float, min_seconds: float):
     return clips, keypoints, short, problems
 
 
-def _probe(path: pathlib.Path):
-    try:
-        rec.check_file(path, rec.VIDEO_SUFFIXES, "video")
-        return rec.probe_video(path)
-    except rec.InputError as error:
-        return error
-
-
-def _keypoints(path: pathlib.Path):
-    try:
-        rec.check_file(path, rec.KEYPOINT_SUFFIXES, "keypoint file", allow_dir=True)
-        return rec.read_keypoints(path)
-    except rec.InputError as error:
-        return error
 
 
 class _ClipWriter:

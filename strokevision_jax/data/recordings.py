@@ -620,3 +620,22 @@ def timed_frames(container, path: pathlib.Path) -> Iterator[tuple[float, "object
     except av.error.FFmpegError as error:
         raise InputError(f"decoding {path.name} failed after {count} frames ({error})",
                          "the file is truncated or damaged; re-export or re-copy it") from None
+
+
+def probe_video_or_error(path: pathlib.Path) -> "VideoInfo | InputError":
+    """`probe_video` after the file checks, with a bad file's error returned, not raised (so
+    that a validation pass can collect every problem)."""
+    try:
+        check_file(path, VIDEO_SUFFIXES, "video")
+        return probe_video(path)
+    except InputError as error:
+        return error
+
+
+def read_keypoints_or_error(path: pathlib.Path) -> "Keypoints | InputError":
+    """`read_keypoints` after the file checks, with a bad file's error returned, not raised."""
+    try:
+        check_file(path, KEYPOINT_SUFFIXES, "keypoint file", allow_dir=True)
+        return read_keypoints(path)
+    except InputError as error:
+        return error

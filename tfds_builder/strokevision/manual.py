@@ -114,7 +114,8 @@ def _check_row(manual_dir: pathlib.Path, line: int, cells: dict, seen_ids: dict[
     split = cells.get("split") or None
     if split is not None and split not in SPLITS:
         report(f"unknown split {split!r}", f"use {', '.join(SPLITS)}, or leave it empty to derive it from patient_id")
-    for column, cache, read in (("video", videos, _probe_video), ("keypoints", keypoints, _read_keypoints)):
+    readers = (("video", videos, rec.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
+    for column, cache, read in readers:
         cell = cells.get(column, "")
         if not cell:
             report(f"empty {column}", f"give the {column} path relative to the manual_dir")
@@ -128,20 +129,6 @@ def _check_row(manual_dir: pathlib.Path, line: int, cells: dict, seen_ids: dict[
     return ClipRow(line, clip_id, patient_id, label, cells["video"], cells["keypoints"], window, split), []
 
 
-def _probe_video(path: pathlib.Path):
-    try:
-        rec.check_file(path, rec.VIDEO_SUFFIXES, "video")
-        return rec.probe_video(path)
-    except rec.InputError as error:
-        return error
-
-
-def _read_keypoints(path: pathlib.Path):
-    try:
-        rec.check_file(path, rec.KEYPOINT_SUFFIXES, "keypoint file", allow_dir=True)
-        return rec.read_keypoints(path)
-    except rec.InputError as error:
-        return error
 
 
 def _split_conflicts(rows: list[ClipRow]) -> tuple[dict[str, str], list[rec.Problem], set[str]]:
