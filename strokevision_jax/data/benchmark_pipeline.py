@@ -1,30 +1,23 @@
-"""Throughput of the grain input pipelines, in clips per second, per worker count.
+"""Measuring the grain input pipelines: clips per second delivered, per worker count.
 
-    python -m strokevision_jax.data.benchmark_pipeline --source=fake --num_workers=0,1,2
-    python -m strokevision_jax.data.benchmark_pipeline --source=tfds --config=synthetic_small --data_dir=/tmp/tfds
+The command is `python -m strokevision_jax.benchmark --modes=pipeline` (its pipeline section:
+each model's preset transform, per --workers count). This module holds the parts it uses:
 
-Rows: the video pipeline at the paper size (16x112x112 crops of a 128x171 resize) and the CPU size
-(8x64x64 crops of a 72x96 resize), and the MotionBERT-style skeleton pipeline (H36M, screen
-coordinates). Each row runs one training epoch (random crops and flips, shuffled) and reports the
-time to the first batch (worker start-up included) and the steady rate over the following batches.
-
---source=fake reads in-memory random records of the stored shape (30, 128, 171, 3), so it measures
-the transforms alone; --source=tfds reads `strokevision_jax.data.dataset.load_source(split=, config=,
-data_dir=)` and includes decoding (building the dataset first if needed). The default (auto) reads
-the dataset when it is already built, else falls back to fake.
+- `FakeSource`: in-memory random records of the stored shape (30, 128, 171, 3), so a loader can
+  be timed without a built dataset (the transforms alone, no decoding);
+- `open_source`: the built dataset when there is one (decoding included), else `FakeSource`;
+- `measure_loader`: one training epoch through `pipeline.make_loader`, reporting the time to the
+  first batch (worker start-up included) and the steady rate over the following batches.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
+import pathlib
 import time
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from strokevision_jax import presets
 from strokevision_jax.data import pipeline
 
 STORED_SHAPE = (30, 128, 171, 3)  # frames, height, width, channels of the default 'synthetic' config
@@ -56,130 +49,54 @@ class FakeSource:
         return self._records[index % len(self._records)]
 
 
-@dataclasses.dataclass(frozen=True)
-class Case:
-    name: str
-    transform: Callable[..., dict[str, np.ndarray]]
-    output_key: str
-
-
-def _cases(selected: Sequence[str], resize_method: str) -> list[Case]:
-    # The clip configs of R(2+1)D-18's training presets (strokevision_jax/presets.py).
-    paper, cpu = (dataclasses.replace(presets.recipe("r2plus1d_18", name).video, resize_method=resize_method)
-                  for name in ("paper", "cpu"))
-    skeleton = pipeline.SkeletonConfig(num_frames=30, layout="h36m", normalization="screen", num_persons=1)
-    cases = {
-        "video_paper": Case("video paper", pipeline.video_transform(paper, train=True), "video"),
-        "video_cpu": Case("video cpu", pipeline.video_transform(cpu, train=True), "video"),
-        "skeleton": Case("skeleton h36m", pipeline.skeleton_transform(skeleton, train=True), "keypoints"),
-    }
-    unknown = sorted(set(selected) - set(cases))
-    if unknown:
-        raise SystemExit(f"Unknown pipeline(s) {unknown}; choose from {sorted(cases)}.")
-    return [cases[name] for name in selected]
-
-
-def _load_source(args: argparse.Namespace, min_records: int) -> tuple[Any, str]:
-    """--source=tfds builds the dataset if needed; auto uses it only when it is already built."""
-    fake = FakeSource(max(min_records, args.fake_records)), f"fake records {STORED_SHAPE}"
-    if args.source == "fake":
+def open_source(choice: str, config: str, data_dir: str | None, min_records: int,
+                split: str = "train", log=print) -> tuple[Any, str]:
+    """(source, description). choice: 'fake'; 'tfds' (builds the dataset if needed); 'auto'
+    (the dataset when it is already built, else fake records, saying so)."""
+    fake = FakeSource(min_records), f"fake records {STORED_SHAPE} (transforms only, no decoding)"
+    if choice == "fake":
         return fake
-    try:
-        from strokevision_jax.data import dataset  # pylint: disable=import-outside-toplevel
+    from strokevision_jax.data import dataset
 
-        source = dataset.load_source(
-            split=args.split, config=args.config, data_dir=args.data_dir, build=args.source == "tfds"
-        )
-    except Exception as error:  # pylint: disable=broad-except
-        if args.source == "tfds":
-            raise
-        print(f"No built strokevision/{args.config} dataset ({type(error).__name__}: {error}).")
-        print("Benchmarking --source=fake instead; pass --source=tfds to build and read the dataset.")
+    if choice == "auto":  # tfds would build a missing dataset on reading: check first
+        try:
+            path = pathlib.Path(dataset.builder(config, data_dir).data_path)
+        except ImportError as error:  # no tensorflow_datasets (e.g. on an accelerator image)
+            log(f"Cannot open strokevision/{config} ({error}); timing fake records instead.")
+            return fake
+        if not (path / "dataset_info.json").exists():
+            log(f"No built strokevision/{config} dataset in {path}; timing fake records instead "
+                "(--pipeline_source=tfds builds and reads the dataset).")
+            return fake
+    source = dataset.load_source(split=split, config=config, data_dir=data_dir, build=choice == "tfds")
+    if len(source) < min_records:
+        log(f"strokevision/{config} {split} has {len(source)} records, fewer than the {min_records} "
+            "the timed batches need; timing fake records instead.")
         return fake
-    return source, f"tfds strokevision/{args.config} split={args.split} ({len(source)} records)"
+    return source, f"tfds strokevision/{config} split={split} ({len(source)} records, decoding included)"
 
 
-def _measure(source: Any, case: Case, args: argparse.Namespace, num_workers: int) -> dict[str, Any]:
-    loader = pipeline.make_loader(
-        source,
-        case.transform,
-        batch_size=args.batch_size,
-        train=True,
-        seed=0,
-        num_workers=num_workers,
-        num_threads=args.num_threads,
-        shard_index=0,
-        shard_count=1,
-    )
+def measure_loader(source: Any, transform: pipeline.RecordTransform, output_key: str, *, batch_size: int,
+                   num_workers: int, batches: int, num_threads: int = 2) -> dict[str, Any]:
+    """One shuffled training epoch: {'first_batch_s', 'clips_per_s' (steady, after the first
+    batch), 'batches' (timed), 'output' (shape and dtype of one example)}."""
+    loader = pipeline.make_loader(source, transform, batch_size=batch_size, train=True, seed=0,
+                                  num_workers=num_workers, num_threads=num_threads, shard_index=0,
+                                  shard_count=1)
     start = time.perf_counter()
-    steady_start, steady_batches, shape = None, 0, None
+    steady_start, steady_batches, output = None, 0, None
     for batch_number, batch in enumerate(loader):
         if batch_number == 0:
             steady_start = time.perf_counter()
-            shape = batch[case.output_key].shape[1:]
-            dtype = batch[case.output_key].dtype
+            example = batch[output_key]
+            output = "x".join(map(str, example.shape[1:])) + f" {example.dtype}"
         else:
             steady_batches += 1
-        if steady_batches >= args.batches:
+        if steady_batches >= batches:
             break
     end = time.perf_counter()
     if steady_start is None:
-        raise SystemExit("The loader produced no batch; lower --batch_size.")
-    steady_seconds = end - steady_start
-    rate = steady_batches * args.batch_size / steady_seconds if steady_batches else float("nan")
-    return {
-        "first": steady_start - start,
-        "rate": rate,
-        "batches": steady_batches,
-        "output": "x".join(map(str, shape)) + f" {dtype}",
-    }
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", choices=("auto", "fake", "tfds"), default="auto")
-    parser.add_argument("--data_dir", default=None, help="TFDS data directory (tfds source).")
-    parser.add_argument("--config", default="synthetic", help="synthetic_small | synthetic (tfds source).")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_workers", default="0,1,2", help="Comma-separated grain worker counts.")
-    parser.add_argument("--num_threads", type=int, default=2, help="Batches computed ahead in threads, per process.")
-    parser.add_argument("--batches", type=int, default=20, help="Timed batches per row, after the first.")
-    parser.add_argument("--pipelines", default="video_paper,video_cpu,skeleton")
-    parser.add_argument("--resize_method", choices=("bilinear", "pil"), default="bilinear")
-    parser.add_argument(
-        "--retain_freed_memory",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Keep freed memory in glibc's heap in the main process (workers always do).",
-    )
-    parser.add_argument("--fake_records", type=int, default=0, help="Records in the fake source (0: just enough).")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse_args(argv)
-    # The training loop should do the same (see pipeline.retain_freed_memory).
-    retained = pipeline.retain_freed_memory() if args.retain_freed_memory else False
-    worker_counts = [int(count) for count in args.num_workers.split(",") if count.strip()]
-    cases = _cases([name.strip() for name in args.pipelines.split(",") if name.strip()], args.resize_method)
-    source, description = _load_source(args, min_records=(args.batches + 1) * args.batch_size)
-    print(
-        f"source: {description}; batch_size={args.batch_size}, num_threads={args.num_threads}, "
-        f"resize_method={args.resize_method}, glibc keeps freed memory: {retained}"
-    )
-    header = f"{'pipeline':<14} {'output':<22} {'workers':>7} {'first batch s':>13} {'clips/s':>9} {'batches':>7}"
-    print(header)
-    print("-" * len(header))
-    for case in cases:
-        for num_workers in worker_counts:
-            result = _measure(source, case, args, num_workers)
-            print(
-                f"{case.name:<14} {result['output']:<22} {num_workers:>7} {result['first']:>13.2f} "
-                f"{result['rate']:>9.1f} {result['batches']:>7}",
-                flush=True,
-            )
-
-
-if __name__ == "__main__":
-    main()
+        raise ValueError(f"The loader produced no batch of {batch_size}; lower the batch size.")
+    rate = steady_batches * batch_size / (end - steady_start) if steady_batches else float("nan")
+    return {"first_batch_s": steady_start - start, "clips_per_s": rate, "batches": steady_batches,
+            "output": output}

@@ -27,8 +27,9 @@ class Conv3d(nnx.Module):
     (kh = kw = 1: the 3x1x1 temporal convs and the 1x1x1 shortcuts) as 2D convolutions over
     (T, H*W); strides of a size-1 kernel axis become slices. The result equals the 3D
     convolution; the lowering is what changes: XLA on CPU runs these 2D convolutions several
-    times faster than its generic 3D ones (`python -m strokevision_jax.benchmark_models`
-    measures it; tests/test_layers.py checks the equality).
+    times faster than its generic 3D ones (`python -m strokevision_jax.benchmark
+    --models=r2plus1d_18 --overrides='{"factorize_convs": false}'` against the default measures
+    it; tests/test_layers.py checks the equality).
     Full 3x3x3 kernels always run as 3D convolutions.
     """
 

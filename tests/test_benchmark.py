@@ -1,0 +1,204 @@
+"""`python -m strokevision_jax.benchmark` on the CPU: a tiny smoke run (train, infer, the loader
+table and, with torch installed, the PyTorch comparison), the same on 2 forced host devices in a
+subprocess, and the pieces that decide figures (peak table, batch check, A/B report)."""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from strokevision_jax import benchmark, torch_reference
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HAS_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "torchvision"))
+# R3D-18 at base width 4 (cpu preset: one block per stage) on 2 x 16 x 16 clips, batch 2.
+TINY = ["--models=r3d_18", "--preset=cpu", "--frames=2", "--crop=16,16", '--overrides={"base_width": 4}',
+        "--batch_size=2", "--steps=2", "--warmup=1"]
+PEAK_TFLOPS = 0.5  # any value: MFU on a CPU is only computed with --peak_tflops
+
+
+def _positive(value) -> bool:
+    return value is not None and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One in-process run of TINY (XLA's optimisations off: compile time dominates here)."""
+    tmp = tmp_path_factory.mktemp("benchmark")
+    argv = TINY + ["--modes=train,infer,pipeline", "--workers=0", "--pipeline_batches=1",
+                   "--pipeline_source=fake", f"--peak_tflops={PEAK_TFLOPS}", f"--out={tmp / 'r.json'}",
+                   f"--markdown={tmp / 'r.md'}"]
+    if HAS_TORCH:
+        argv += ["--compare=torch", "--torch_variants=eager", "--rounds=2"]
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        status = benchmark.main(argv)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+    assert status == 0
+    return json.loads((tmp / "r.json").read_text()), (tmp / "r.md").read_text()
+
+
+def _jax_rows(report) -> dict:
+    return {r["mode"]: r for r in report["results"] if r["framework"] == "jax"}
+
+
+def test_smoke_run_records_every_figure(smoke):
+    report, _ = smoke
+    env = report["environment"]
+    assert env["device_count"] == jax.device_count() and env["jax"] == jax.__version__
+    assert env["backend"] == "cpu" and env["jaxlib"] and env["flax"]
+    rows = _jax_rows(report)
+    assert set(rows) == {"train", "infer"}
+    for mode, row in rows.items():
+        step = row["step"]
+        assert step["steps"] == 2, mode
+        for value in (row["compile_s"], row["first_step_s"], step["median_s"], row["clips_per_s"],
+                      row["flops_per_clip"], row["memory_plan_bytes"], row["peak_memory_bytes"]):
+            assert _positive(value), (mode, row)
+        assert step["p10_s"] <= step["median_s"] <= step["p90_s"]
+        assert row["clips_per_s"] == pytest.approx(2 / step["median_s"], rel=1e-12)
+        assert row["input"] == "2x16x16x3 float32" and row["batch_size"] == 2
+        assert row["peak_memory_kind"].startswith("host RSS")
+        # MFU = FLOP/s achieved over the peak of all devices.
+        assert row["mfu"] == pytest.approx(row["flops_per_clip"] * row["clips_per_s"]
+                                           / (PEAK_TFLOPS * 1e12 * env["device_count"]), rel=1e-9)
+    # The backward pass and the update cost more than the forward alone (about 3x).
+    assert 1.5 < rows["train"]["flops_per_clip"] / rows["infer"]["flops_per_clip"] < 6
+    (loader,) = report["pipeline"]
+    assert loader["workers"] == 0 and _positive(loader["clips_per_s"])
+    assert loader["output"] == "2x16x16x3 float32"
+
+
+def test_smoke_markdown_table(smoke):
+    report, table = smoke
+    assert "| model | mode | framework | precision |" in table
+    assert "| r3d_18 | train | jax | fp32 | 2 | 2x16x16x3 float32 |" in table
+    assert "| r3d_18 | cpu | 2 | 0 | fake records" in table
+    assert report["command"].startswith("python -m strokevision_jax.benchmark --models=r3d_18")
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="--compare=torch needs torch and torchvision")
+def test_smoke_torch_comparison(smoke):
+    report, table = smoke
+    rows = _jax_rows(report)
+    torch_rows = {r["mode"]: r for r in report["results"] if r["framework"] == "torch eager"}
+    assert set(torch_rows) == {"train", "infer"}
+    for mode, row in torch_rows.items():
+        assert _positive(row["clips_per_s"]) and row["torch_precision"] == "float32"
+        assert row["step"]["steps"] == 2  # one per round, two rounds
+        assert row["jax_over_this"] == pytest.approx(rows[mode]["clips_per_s"] / row["clips_per_s"])
+    # The JAX model holds the torch model's converted weights: float32 logits agree.
+    assert torch_rows["infer"]["max_abs_logit_diff"] <= 1e-4
+    assert "max |logit difference| JAX vs torch eager" in table
+
+
+def test_two_forced_host_devices(smoke, tmp_path):
+    """The data-parallel path: the batch split over 2 devices, the state replicated."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    out = tmp_path / "r.json"
+    command = [sys.executable, "-m", "strokevision_jax.benchmark", *TINY, "--modes=train,infer", f"--out={out}"]
+    result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["environment"]["device_count"] == 2
+    assert report["command"].startswith("XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m")
+    rows, one_device = _jax_rows(report), _jax_rows(smoke[0])
+    for row in rows.values():
+        assert _positive(row["clips_per_s"]) and row["mfu"] is None  # CPU: no peak without --peak_tflops
+    # FLOPs are counted per device and scaled by the device count: inference costs the same per
+    # clip as on one device; a training step more, as each device repeats the optimiser update.
+    assert rows["infer"]["flops_per_clip"] == pytest.approx(one_device["infer"]["flops_per_clip"], rel=0.02)
+    assert rows["train"]["flops_per_clip"] > one_device["train"]["flops_per_clip"]
+    assert "2 x cpu" in result.stdout
+
+
+def test_batch_must_split_over_the_devices():
+    benchmark.check_batch(8, 4, "r3d_18")
+    with pytest.raises(benchmark.UsageError, match=r"r3d_18: .* 3 devices, so it must be a multiple of 3; "
+                                                   r"pass --batch_size=9"):
+        benchmark.check_batch(8, 3, "r3d_18")
+
+
+def test_peak_table():
+    assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16")[0] == pytest.approx(989.4e12)
+    assert benchmark.peak_flops("NVIDIA H100 PCIe", "bfloat16")[0] == pytest.approx(756.5e12)
+    assert benchmark.peak_flops("NVIDIA H200", "bfloat16")[0] == pytest.approx(989.4e12)
+    assert benchmark.peak_flops("NVIDIA H200 NVL", "bfloat16")[0] == pytest.approx(835.5e12)
+    assert benchmark.peak_flops("NVIDIA A100-SXM4-80GB", "float32")[0] == pytest.approx(156e12)
+    assert benchmark.peak_flops("NVIDIA L4", "bfloat16")[0] == pytest.approx(121e12)
+    assert benchmark.peak_flops("NVIDIA L40S", "bfloat16")[0] == pytest.approx(362.1e12)
+    assert benchmark.peak_flops("TPU v5 lite", "bfloat16")[0] == pytest.approx(197e12)
+    peak, why = benchmark.peak_flops("Tesla V100-SXM2-16GB", "bfloat16")
+    assert peak is None and "pass --peak_tflops" in why
+    peak, why = benchmark.peak_flops("Some Future GPU", "float32")
+    assert peak is None and "'Some Future GPU'" in why
+    assert benchmark.peak_flops("Some Future GPU", "float32", 100.0) == (1e14, "--peak_tflops=100")
+
+
+def test_recipe_follows_the_command_line():
+    settings = benchmark.Settings(preset="cpu", dtype="bfloat16", batch_size=4, frames=4, crop=(80, 80),
+                                  overrides=(("base_width", 8),))
+    recipe = benchmark.benchmark_recipe("r2plus1d_18", settings)
+    assert (recipe.batch_size, recipe.compute_dtype, recipe.video.num_frames) == (4, "bfloat16", 4)
+    assert recipe.video.crop == (80, 80) and recipe.video.resize == (80, 80)  # resize grown to the crop
+    assert dict(recipe.model_overrides) == {"base_width": 8, "stage_blocks": (1, 1, 1, 1)}
+    mvit = benchmark.benchmark_recipe("mvit_v2_s", benchmark.Settings(preset="cpu", frames=4, crop=(32, 32)))
+    assert dict(mvit.model_overrides) == {"temporal_size": 4, "spatial_size": (32, 32)}
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch and torchvision")
+@pytest.mark.parametrize("name", ["r2plus1d_18", "mc3_18"])
+def test_slim_torch_references_convert_into_the_cpu_models(name):
+    """torchvision's blocks at the cpu preset's widths (11-channel (2+1)D stem, widths 16-128,
+    one block per stage): every tensor converts into the JAX model, shapes checked."""
+    recipe = benchmark.benchmark_recipe(name, benchmark.Settings(preset="cpu"))
+    reference = torch_reference.torch_reference(benchmark._model_config(recipe))
+    model = benchmark._converted_model(reference, recipe, seed=0)
+    assert model.config.base_width == 16 and reference.fc.in_features == 128
+    assert len(reference.layer1) == 1
+
+
+def test_usage_errors(capsys):
+    assert benchmark.main(["--models=nope", "--modes=train"]) == 2
+    assert "Valid models" in capsys.readouterr().err
+    assert benchmark.main(["--modes=fly"]) == 2
+    assert "choose from train, infer, pipeline" in capsys.readouterr().err
+    assert benchmark.main(["--crop=112"]) == 2
+    assert "give H,W" in capsys.readouterr().err
+    jax.devices()  # the backend has started: flags can no longer reach XLA
+    assert benchmark.main(["--xla_flags=--xla_gpu_autotune_level=0", "--models=r3d_18"]) == 2
+    assert "run the command in a fresh process" in capsys.readouterr().err
+
+
+def test_ab_runs_both_processes_and_reports_the_ratio(monkeypatch, tmp_path, capsys):
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        out = pathlib.Path(next(a for a in command if a.startswith("--out=")).split("=", 1)[1])
+        rate = 20.0 if any(a.startswith("--xla_flags=") for a in command) else 10.0
+        out.write_text(json.dumps({"environment": {"device_count": 1, "device_kind": "cpu", "XLA_FLAGS": ""},
+                                   "results": [{"model": "r3d_18", "mode": "train", "framework": "jax",
+                                                "clips_per_s": rate, "compile_s": 1.0}]}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    out = tmp_path / "ab.json"
+    flags = "--ab_xla_flags=--xla_gpu_force_conv_nhwc=true"
+    assert benchmark.main(["--models=r3d_18", flags, "--out", str(out)]) == 0
+    a, b = commands
+    assert not any(x.startswith("--xla_flags") for x in a) and str(out) not in a
+    assert "--xla_flags=--xla_gpu_force_conv_nhwc=true" in b and "--models=r3d_18" in b
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["b_over_a"] == pytest.approx(2.0)
+    assert "| r3d_18 | train | jax | 10.0 | 20.0 | 2.000 |" in capsys.readouterr().out
