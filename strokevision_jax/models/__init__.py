@@ -4,10 +4,12 @@ import contextlib
 
 import jax
 
-from strokevision_jax.models.motionbert import motionbert
-from strokevision_jax.models.msg3d import msg3d
+# The skeleton factories share their module's name: import the modules, so that
+# `strokevision_jax.models.motionbert` stays the module.
+from strokevision_jax.models import motionbert as motionbert_lib
+from strokevision_jax.models import msg3d as msg3d_lib
+from strokevision_jax.models import poseconv3d as poseconv3d_lib
 from strokevision_jax.models.mvit import mvit_v1_b, mvit_v2_s
-from strokevision_jax.models.poseconv3d import poseconv3d
 from strokevision_jax.models.swin3d import swin3d_b, swin3d_s, swin3d_t
 from strokevision_jax.models.video_resnet import mc3_18, r2plus1d_18, r3d_18
 
@@ -21,9 +23,9 @@ MODELS = {
     "swin3d_s": swin3d_s,
     "swin3d_b": swin3d_b,
     # skeleton models
-    "motionbert": motionbert,
-    "poseconv3d": poseconv3d,
-    "msg3d": msg3d,
+    "motionbert": motionbert_lib.motionbert,
+    "poseconv3d": poseconv3d_lib.poseconv3d,
+    "msg3d": msg3d_lib.msg3d,
 }
 
 # The paper's short names.
