@@ -30,7 +30,10 @@ class Conv3d(nnx.Module):
     times faster than its generic 3D ones (`python -m strokevision_jax.benchmark
     --models=r2plus1d_18 --overrides='{"factorize_convs": false}'` against the default measures
     it; tests/test_layers.py checks the equality).
-    Full 3x3x3 kernels always run as 3D convolutions.
+    On the CPU backend, kernels with kt > 1 in time and in space (R3D's 3x3x3, the 3x7x7 stem)
+    also run as one 2D convolution, the kt input frames of each output frame stacked along
+    channels (`_temporal_taps_as_channels`): XLA's CPU 3D convolution is about 10x slower than
+    that. Other backends keep the native 3D convolution for them.
     """
 
     def __init__(
@@ -69,5 +72,23 @@ class Conv3d(nnx.Module):
             n, t, h, w, c = x.shape
             y = _conv2d(x.reshape(n, t, h * w, c), kernel[:, 0], (st, 1), [(pt, pt), (0, 0)])
             return y.reshape(n, y.shape[1], h, w, y.shape[-1])
+        if self.factorize and kt > 1 and jax.default_backend() == "cpu":
+            return _temporal_taps_as_channels(x, kernel, self.strides, self.padding)
         padding = [(p, p) for p in self.padding]
         return jax.lax.conv_general_dilated(x, kernel, self.strides, padding, dimension_numbers=_DN3)
+
+
+def _temporal_taps_as_channels(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
+    """A kt x kh x kw convolution as one 2D convolution over the output frames: the kt input
+    frames under each output frame are stacked along channels (tap-major), and the kernel
+    (kt, kh, kw, C, O) is regrouped to (kh, kw, kt*C, O) to match. Same sums as the 3D
+    convolution, in another order."""
+    (kt, kh, kw, c, o), (st, sh, sw), (pt, ph, pw) = kernel.shape, strides, padding
+    x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
+    n, t, h, w, _ = x.shape
+    t_out = (t - kt) // st + 1
+    taps = [x[:, dt: dt + st * (t_out - 1) + 1: st] for dt in range(kt)]  # kt x (N, T', H, W, C)
+    stacked = jnp.concatenate(taps, axis=-1).reshape(n * t_out, h, w, kt * c)
+    flat_kernel = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * c, o)
+    y = _conv2d(stacked, flat_kernel, (sh, sw), [(ph, ph), (pw, pw)])
+    return y.reshape(n, t_out, *y.shape[1:])
