@@ -26,7 +26,7 @@ def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0,
     config = json.loads(config_path.read_text())
     recipe = train.recipe_from_config(config)
     run = train.Run(recipe, workdir, dataset_lib.resolve_data_dir(data_dir), config["seed"], num_workers,
-                    train.make_mesh())
+                    train.make_mesh(), split=train.split_from_config(config))
     checkpoints = train.Checkpoints(workdir)
     history = []
     metrics_path = workdir / "metrics.jsonl"

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from strokevision_jax import folds as folds_lib
 from strokevision_jax import models as models_lib
 from strokevision_jax import presets
 from strokevision_jax import report as report_lib
@@ -317,13 +318,24 @@ class Run:
     mesh: jax.sharding.Mesh
     init: str | None = None  # checkpoint to start from (see create_model)
     log: Any = print
+    split: folds_lib.Split | None = None  # the clips of train / validation / test; None: the dataset's
 
     def __post_init__(self):
         self.input_key = self.recipe.input_key
         self.data_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.sources = {split: dataset_lib.load_source(split, self.recipe.dataset, self.data_dir)
-                        for split in ("train", "validation", "test")}
+        stored = {split: dataset_lib.load_source(split, self.recipe.dataset, self.data_dir)
+                  for split in folds_lib.STORED_SPLITS}
+        if self.split is None:
+            self.sources = stored
+            self.refs = {split: tuple((split, i) for i in range(len(stored[split]))) for split in stored}
+        else:
+            self.sources = {part: folds_lib.SubsetSource(stored, self.split.refs[part])
+                            for part in folds_lib.PARTS}
+            self.refs = dict(self.split.refs)
+            for part, source in self.sources.items():
+                if len(source) == 0:
+                    raise TrainingError(f"{self.split.name}: the {part} part has no clips.")
         labels = np.array([int(self.sources["train"][i]["label"])
                            for i in range(len(self.sources["train"]))])
         self.weights = class_weights(labels, NUM_CLASSES)
@@ -359,8 +371,9 @@ class Run:
             self.sources[split], transform, batch_size=self.recipe.batch_size, train=train,
             seed=self.seed, epoch=epoch, num_workers=self.num_workers)
 
-    def evaluate(self, state: TrainState, split: str) -> dict:
-        """Metrics of `state` on a whole split (every clip exactly once)."""
+    def evaluate(self, state: TrainState, split: str, with_logits: bool = False) -> dict:
+        """Metrics of `state` on a whole split (every clip exactly once, in the split's order);
+        with_logits: also the (clips, classes) logits under "logits" and the labels under "labels"."""
         all_logits, all_labels, loss_sum, weight_sum = [], [], 0.0, 0.0
         for batch in self.loader(split, epoch=0):
             mask = np.asarray(batch["mask"], bool)
@@ -376,6 +389,8 @@ class Run:
         predictions = np.concatenate(all_logits).argmax(-1)
         metrics = report_lib.classification_metrics(labels, predictions)
         metrics["loss"] = loss_sum / max(weight_sum, 1e-12)
+        if with_logits:
+            metrics["logits"], metrics["labels"] = np.concatenate(all_logits), labels
         return metrics
 
 
@@ -419,7 +434,7 @@ class Checkpoints:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_one_epoch(run: Run, state: TrainState, epoch: int, log) -> tuple[TrainState, dict]:
+def train_one_epoch(run: Run, state: TrainState, epoch: int, log, progress: bool = True) -> tuple[TrainState, dict]:
     from tqdm import tqdm
 
     totals = {"loss": 0.0, "accuracy": 0.0}
@@ -438,7 +453,7 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int, log) -> tuple[Train
         return values
 
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.recipe.epochs}", unit="step",
-               mininterval=1.0, dynamic_ncols=True, file=sys.stdout, disable=log is None)
+               mininterval=1.0, dynamic_ncols=True, file=sys.stdout, disable=not progress)
     for batch in run.loader("train", epoch):
         state, metrics = run.train_step(state, shard_batch(_model_inputs(batch, run.input_key),
                                                            run.data_sharding))
@@ -462,12 +477,15 @@ def _is_better(val: dict, best: dict | None) -> bool:
 
 def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: pathlib.Path, *,
                        seed: int = 0, num_workers: int = 0, init: str | None = None,
-                       log=print) -> dict:
-    """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report."""
+                       split: folds_lib.Split | None = None, log=print, progress: bool = True) -> dict:
+    """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report.
+
+    split: the clips of each part (a patient-grouped fold); None uses the dataset's own splits.
+    log: where the epoch lines go (None: nowhere); progress: show a progress bar per epoch."""
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     started = time.time()
-    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log)
+    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log, split=split)
     checkpoints = Checkpoints(workdir)
     state, history, best, start_epoch = run.initial_state, [], None, 0
     restored = checkpoints.restore(checkpoints.latest, run.initial_state)
@@ -480,13 +498,15 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
 
     for epoch in range(start_epoch, recipe.epochs):
         epoch_started = time.time()
-        state, train_metrics = train_one_epoch(run, state, epoch, log)
+        state, train_metrics = train_one_epoch(run, state, epoch, log, progress)
+        train_seconds = time.time() - epoch_started
         val = run.evaluate(state, "validation")
         record = {
             "epoch": epoch + 1,
             "train_loss": train_metrics["loss"], "train_accuracy": train_metrics["accuracy"],
             "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-            "seconds": round(time.time() - epoch_started, 2),
+            "seconds": round(time.time() - epoch_started, 2), "train_seconds": round(train_seconds, 2),
+            "train_clips": run.steps_per_epoch * recipe.batch_size,
         }
         history.append(record)
         with metrics_path.open("a") as f:
@@ -512,9 +532,11 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
     if restored is None:
         raise TrainingError(f"No best checkpoint in {run.workdir / 'checkpoints' / 'best'}; train first.")
     state, meta = restored
-    test = run.evaluate(state, "test")
+    test = run.evaluate(state, "test", with_logits=True)
+    write_predictions(run.workdir / PREDICTIONS, run.refs["test"], test.pop("labels"), test.pop("logits"))
     info = {
         "model": run.recipe.model, "preset": run.recipe.preset, "dataset": run.recipe.dataset,
+        "split": run.split.name if run.split is not None else "dataset split",
         "best_epoch": meta["epoch"], "best_val_accuracy": meta["val"]["accuracy"],
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "recipe": _recipe_dict(run.recipe),
@@ -525,6 +547,31 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
     log(report_lib.format_confusion(test["confusion_matrix"]))
     log(f"report: {run.workdir / 'report.json'}")
     return report
+
+
+PREDICTIONS = "test_predictions.csv"
+
+
+def write_predictions(path: pathlib.Path, refs, labels: np.ndarray, logits: np.ndarray) -> None:
+    """One row per test clip: its stored split and index, the label, the prediction and the
+    class probabilities (softmax of the logits)."""
+    import csv
+
+    probabilities = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "index", "label", "prediction"] + [f"p_{name}" for name in CLASS_NAMES])
+        for (split, index), label, probs in zip(refs, labels, probabilities):
+            writer.writerow([split, index, int(label), int(np.argmax(probs))] + [f"{p:.6g}" for p in probs])
+    os.replace(tmp, path)
+
+
+def read_predictions(path: pathlib.Path) -> list[dict]:
+    import csv
+
+    with pathlib.Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _recipe_dict(recipe: presets.Recipe) -> dict:
@@ -543,11 +590,36 @@ def resolve_model(name: str | None) -> str:
     raise UsageError(f"Unknown --model={name!r}. Valid models: {', '.join(valid)} (aliases: {aliases}).")
 
 
-def run_config(recipe: presets.Recipe, overrides: dict, seed: int, init: str | None = None) -> dict:
+def run_config(recipe: presets.Recipe, overrides: dict, seed: int, init: str | None = None,
+               split: folds_lib.Split | None = None) -> dict:
     config = {"model": recipe.model, "preset": recipe.preset, "overrides": overrides, "seed": seed}
     if init is not None:
         config["init"] = init
+    if split is not None:
+        config["split"] = split.to_json()
     return config
+
+
+def split_from_config(config: dict) -> folds_lib.Split | None:
+    """The run's patient-grouped split, or None for the dataset's own."""
+    return folds_lib.Split.from_json(config["split"]) if "split" in config else None
+
+
+def load_fold(folds_file: str, fold: int | None) -> folds_lib.Split:
+    """Fold `fold` (1-based) of a folds.json written by `python -m strokevision_jax.study`."""
+    path = pathlib.Path(folds_file)
+    try:
+        data = json.loads(path.read_text())
+        splits = data["splits"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UsageError(f"--folds_file={path}: cannot read it ({type(error).__name__}: {error}); pass the "
+                         "folds.json of a study workdir.") from None
+    if fold is None or not 1 <= fold <= len(splits):
+        raise UsageError(f"--fold={fold}: {path} has folds 1 to {len(splits)}; pass one of them with --fold.")
+    try:
+        return folds_lib.Split.from_json(splits[fold - 1])
+    except folds_lib.FoldError as error:
+        raise UsageError(f"--folds_file={path}: {error}") from None
 
 
 def check_workdir(workdir: pathlib.Path, config: dict) -> None:
@@ -596,6 +668,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="start from a torchvision .pth / .safetensors file (converted on the fly)")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="grain worker processes (default: 0 with the cpu preset, else min(8, cores))")
+    parser.add_argument("--folds_file", default=None,
+                        help="train on a patient-grouped fold: the folds.json of a study workdir (with --fold)")
+    parser.add_argument("--fold", type=int, default=None, help="with --folds_file: the fold, from 1")
     parser.add_argument("--manual_dir", default=None,
                         help="with --dataset=manual: your recordings (labels.csv, videos, keypoints), imported "
                              "on first use; see tfds_builder/strokevision/README.md")
@@ -644,9 +719,14 @@ def main(argv=None) -> int:
             # Built (or checked against labels.csv) before the workdir is touched.
             dataset_lib.ensure_built(recipe.dataset, data_dir, manual_dir=args.manual_dir,
                                      skip_invalid=args.skip_invalid)
-        check_workdir(workdir, run_config(recipe, overrides, args.seed, init))
+        split = None
+        if args.folds_file is not None:
+            split = load_fold(args.folds_file, args.fold)
+        elif args.fold is not None:
+            raise UsageError("--fold needs --folds_file (the folds.json of a study workdir).")
+        check_workdir(workdir, run_config(recipe, overrides, args.seed, init, split))
         train_and_evaluate(recipe, workdir, data_dir, seed=args.seed, num_workers=num_workers,
-                           init=init)
+                           init=init, split=split)
     except (TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
