@@ -252,14 +252,21 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
     log(f"study: {len(runs)} runs in all ({len(settings.models)} models x "
         f"{max(settings.folds, 1)} folds x {len(settings.seeds)} seeds); shard {shard[0]}/{shard[1]} has "
         f"{len(mine)}, {len(mine) - len(todo)} already finished, {len(todo)} to run")
-    durations = []
+    durations, failed = [], []
     for number, run in enumerate(todo, 1):
         started = time.time()
         log(f"study: run {number}/{len(todo)} of this shard: {run.name}")
         split = splits[run.fold - 1] if run.fold else splits[0]
         run_log = (lambda *a, **k: None) if quiet_runs else log
-        report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
-                         verbose=not quiet_runs)
+        try:
+            report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
+                             verbose=not quiet_runs)
+        except train.TrainingError as error:  # e.g. a non-finite loss: the other runs go on
+            failed.append(run)
+            log(f"study: {run.name} failed: {error} (its workdir is kept; the run is listed as missing)")
+            continue
+        finally:
+            jax.clear_caches()  # each run compiles its own steps; do not keep them all
         durations.append(time.time() - started)
         finished = sum(is_finished(r.workdir(study_dir)) for r in runs)
         remaining = len(todo) - number
@@ -267,7 +274,8 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
         log(f"study: {run.name}: test accuracy {report['test']['accuracy']:.3f}, macro-F1 "
             f"{report['test']['macro_f1']:.3f}, in {_duration(durations[-1])} | {finished}/{len(runs)} runs "
             f"finished study-wide | this shard: {remaining} left, ETA {eta}", flush=True)
-        jax.clear_caches()  # each run compiles its own steps; do not keep them all
+    if failed:
+        log(f"study: {len(failed)} runs failed: {', '.join(r.name for r in failed)}")
     return [run for run in runs if not is_finished(run.workdir(study_dir))]
 
 
@@ -339,6 +347,11 @@ def main(argv=None) -> int:
                       "them as missing (rerun with --summarize when all shards are done).")
         summary = study_report.summarize(study_dir, settings, resamples=args.resamples)
         print(summary["text"])
+        print(f"study: tables in {study_dir} (table.md, results.csv, predictions.csv, summary.json, *.png)")
+        if summary["missing"] and not args.summarize and parse_shard(args.shard)[1] == 1:
+            print(f"error: {len(summary['missing'])} runs did not finish (see above); rerun the same command to "
+                  "retry them.", file=sys.stderr)
+            return 1
     except (StudyError, ValueError, train.TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, (StudyError, ValueError, train.UsageError)) else 1

@@ -319,6 +319,7 @@ class Run:
     init: str | None = None  # checkpoint to start from (see create_model)
     log: Any = print
     split: folds_lib.Split | None = None  # the clips of train / validation / test; None: the dataset's
+    progress: bool = True  # a progress bar per training epoch
 
     def __post_init__(self):
         self.input_key = self.recipe.input_key
@@ -434,7 +435,7 @@ class Checkpoints:
 
 # ----------------------------------------------------------------------------- the loop
 
-def train_one_epoch(run: Run, state: TrainState, epoch: int, log, progress: bool = True) -> tuple[TrainState, dict]:
+def train_one_epoch(run: Run, state: TrainState, epoch: int, log) -> tuple[TrainState, dict]:
     from tqdm import tqdm
 
     totals = {"loss": 0.0, "accuracy": 0.0}
@@ -453,7 +454,7 @@ def train_one_epoch(run: Run, state: TrainState, epoch: int, log, progress: bool
         return values
 
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.recipe.epochs}", unit="step",
-               mininterval=1.0, dynamic_ncols=True, file=sys.stdout, disable=not progress)
+               mininterval=1.0, dynamic_ncols=True, file=sys.stdout, disable=not run.progress)
     for batch in run.loader("train", epoch):
         state, metrics = run.train_step(state, shard_batch(_model_inputs(batch, run.input_key),
                                                            run.data_sharding))
@@ -485,7 +486,8 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     started = time.time()
-    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log, split=split)
+    run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log, split=split,
+              progress=progress)
     checkpoints = Checkpoints(workdir)
     state, history, best, start_epoch = run.initial_state, [], None, 0
     restored = checkpoints.restore(checkpoints.latest, run.initial_state)
@@ -498,7 +500,7 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
 
     for epoch in range(start_epoch, recipe.epochs):
         epoch_started = time.time()
-        state, train_metrics = train_one_epoch(run, state, epoch, log, progress)
+        state, train_metrics = train_one_epoch(run, state, epoch, log)
         train_seconds = time.time() - epoch_started
         val = run.evaluate(state, "validation")
         record = {

@@ -119,6 +119,18 @@ V2_S_BLOCKS = _settings(
     _STRIDE_KV,
 )
 
+# A small MViT-v2 for CPU training from scratch (the `cpu` preset): four blocks of width 64 then
+# 128, q pooled only where the grid halves (blocks 1 and 3) with 1 x 3 x 3 kernels, and
+# 3 x 3 x 3 kv pooling. Depthwise pooling is most of an MViT's time on a CPU; this keeps it to
+# what the two resolution changes need.
+_Q_HALVE = (1, 3, 3)
+CPU_BLOCKS = (
+    MSBlockConfig(1, 32, 64, (), _K3, (), (1, 4, 4)),
+    MSBlockConfig(2, 64, 64, _Q_HALVE, _K3, _S2, (1, 2, 2)),
+    MSBlockConfig(2, 64, 128, (), _K3, (), (1, 2, 2)),
+    MSBlockConfig(4, 128, 128, _Q_HALVE, _K3, _S2, (1, 1, 1)),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class MViTConfig:
