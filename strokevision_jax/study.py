@@ -126,30 +126,42 @@ def resolve_models(text: str) -> tuple[str, ...]:
 
 # ----------------------------------------------------------------------------- the workdir
 
-def open_workdir(study_dir: pathlib.Path, settings: Settings) -> None:
-    """Records the settings in a new workdir, or checks that an existing one has the same."""
+def open_workdir(study_dir: pathlib.Path, settings: Settings) -> Settings:
+    """Records the settings in a new workdir, or checks them against an existing study's.
+
+    A study grows by models: a command may name models the study does not have yet (they are
+    added), as long as everything else (folds, seeds, preset, dataset, epochs, fold seed) and
+    the recipes of the models it already has are unchanged. Returns the study's settings (all of
+    its models, the new ones last)."""
     path = study_dir / STUDY_FILE
     wanted = settings.to_json()
-    if path.exists():
-        try:
-            existing = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise StudyError(f"Cannot read {path}: {error}. Delete {study_dir} or pass another --workdir.") from None
-        if existing != wanted:
-            changed = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
-            details = "; ".join(f"{k}: {json.dumps(existing.get(k))[:120]} there, {json.dumps(wanted.get(k))[:120]} now"
-                                for k in changed if k != "recipes")
-            if "recipes" in changed and not details:
-                details = "the models' recipes (presets.py) changed since it was started"
-            raise StudyError(
-                f"--workdir={study_dir} holds another study ({details}). Pass a new --workdir to start a "
-                "fresh study, or rerun with that study's settings to continue it.")
-        return
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise StudyError(f"--workdir={study_dir} is not empty and has no {STUDY_FILE}: it is not a study. "
-                         "Pass a new or empty --workdir.")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(path, wanted)
+    if not path.exists():
+        if study_dir.exists() and any(study_dir.iterdir()):
+            raise StudyError(f"--workdir={study_dir} is not empty and has no {STUDY_FILE}: it is not a study. "
+                             "Pass a new or empty --workdir.")
+        study_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(path, wanted)
+        return settings
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise StudyError(f"Cannot read {path}: {error}. Delete {study_dir} or pass another --workdir.") from None
+    changed = sorted(k for k in set(existing) | set(wanted)
+                     if k not in ("models", "recipes") and existing.get(k) != wanted.get(k))
+    details = [f"{k}: {json.dumps(existing.get(k))} there, {json.dumps(wanted.get(k))} now" for k in changed]
+    old_recipes = existing.get("recipes", {})
+    details += [f"the {m} recipe (presets.py) changed since the study started" for m in settings.models
+                if m in old_recipes and old_recipes[m] != wanted["recipes"][m]]
+    if details:
+        raise StudyError(
+            f"--workdir={study_dir} holds another study ({'; '.join(details)}). Pass a new --workdir to start a "
+            "fresh study, or rerun with that study's settings to continue it.")
+    models = tuple(existing["models"]) + tuple(m for m in settings.models if m not in existing["models"])
+    merged = dataclasses.replace(settings, models=models)
+    if models != tuple(existing["models"]):
+        data = dict(existing, models=list(models), recipes={**old_recipes, **wanted["recipes"]})
+        _write_json(path, data)
+    return merged
 
 
 def _write_json(path: pathlib.Path, data) -> None:
@@ -244,10 +256,11 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
     import jax
 
     study_dir = pathlib.Path(study_dir).absolute()
-    open_workdir(study_dir, settings)
+    asked = settings.models
+    settings = open_workdir(study_dir, settings)
     _, splits = prepare_splits(study_dir, settings, data_dir, log)
     runs = all_runs(settings)
-    mine = [run for i, run in enumerate(runs) if i % shard[1] == shard[0]]
+    mine = [run for i, run in enumerate(r for r in runs if r.model in asked) if i % shard[1] == shard[0]]
     todo = [run for run in mine if not is_finished(run.workdir(study_dir))]
     log(f"study: {len(runs)} runs in all ({len(settings.models)} models x "
         f"{max(settings.folds, 1)} folds x {len(settings.seeds)} seeds); shard {shard[0]}/{shard[1]} has "
@@ -342,6 +355,7 @@ def main(argv=None) -> int:
             data_dir = dataset_lib.resolve_data_dir(args.data_dir)
             missing = run_study(settings, study_dir, data_dir, shard=shard, num_workers=args.num_workers,
                                 quiet_runs=not args.verbose)
+            settings = read_settings(study_dir)  # every model of the study, also those of earlier commands
             if missing and shard[1] > 1:
                 print(f"study: {len(missing)} runs of other shards are not finished yet; the tables will list "
                       "them as missing (rerun with --summarize when all shards are done).")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from strokevision_jax import folds, study, study_report, train
+from strokevision_jax import folds, presets, study, study_report, train
 from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data.classes import CLASS_NAMES
 
@@ -52,11 +52,20 @@ def test_model_names_resolve_and_unknown_ones_are_named():
         study.resolve_models("r3d,r3d_18")
 
 
-def test_a_workdir_of_another_study_is_refused(tmp_path):
+def test_a_workdir_of_another_study_is_refused(tmp_path, monkeypatch):
     study.open_workdir(tmp_path / "s", settings())
-    study.open_workdir(tmp_path / "s", settings())  # the same study: fine
+    assert study.open_workdir(tmp_path / "s", settings()) == settings()  # the same study: fine
     with pytest.raises(study.StudyError, match=r"holds another study \(folds: 2 there, 3 now\).*new --workdir"):
         study.open_workdir(tmp_path / "s", settings(folds=3))
+    # A study grows by models; the others keep their place and recipes.
+    grown = study.open_workdir(tmp_path / "s", settings(models=("msg3d", "r3d_18")))
+    assert grown.models == ("r3d_18", "motionbert", "msg3d")
+    assert study.read_settings(tmp_path / "s").models == grown.models
+    key = ("r3d_18", "cpu")
+    monkeypatch.setitem(presets.RECIPES, key, presets.RECIPES[key].replace(learning_rate=0.5))
+    with pytest.raises(study.StudyError, match=r"the r3d_18 recipe \(presets.py\) changed"):
+        study.open_workdir(tmp_path / "s", settings(models=("r3d_18",)))
+
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("x")
     with pytest.raises(study.StudyError, match="not a study"):
@@ -213,3 +222,18 @@ def test_kill_9_then_rerun_skips_finished_runs_and_gives_the_same_table(tmp_path
     run_dir = study.RunSpec("motionbert", 2, 0).workdir(killed)
     before = json.loads((run_dir / "report.json").read_text())["test"]["accuracy"]
     assert evaluate.evaluate_workdir(run_dir, data_dir, log=lambda *a: None)["test"]["accuracy"] == before
+
+
+def test_folds_zero_keeps_the_dataset_split(tmp_path, data_dir):
+    s = settings(folds=0)
+    s = study.open_workdir(tmp_path / "s", s)
+    clips, splits = study.prepare_splits(tmp_path / "s", s, data_dir, log=lambda *a: None)
+    assert len(splits) == 1 and splits[0].name == "dataset split"
+    for part in folds.PARTS:
+        assert {split for split, _ in splits[0].refs[part]} == {part}
+    assert [r.name for r in study.all_runs(s)] == ["r3d_18/split_seed0", "motionbert/split_seed0"]
+    saved = json.loads((tmp_path / "s" / study.FOLDS_FILE).read_text())
+    assert train.load_fold(str(tmp_path / "s" / study.FOLDS_FILE), 1) == splits[0]
+    assert saved["dataset"] == "synthetic_small"
+    with pytest.raises(train.UsageError, match="has folds 1 to 1"):
+        train.load_fold(str(tmp_path / "s" / study.FOLDS_FILE), 2)
