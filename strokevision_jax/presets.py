@@ -162,7 +162,7 @@ for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
                                   region="person"),
         **_TRANSFORMER_CPU)
 
-# The skeleton models (issue 4's recipes). The stored clips are 1 s, 30 frames, one person.
+# The skeleton models. The stored clips are 1 s, 30 frames, one person.
 #
 # MotionBERT, configs/action/MB_ft_NTU60_xsub.yaml: 243-frame NTU clips there, our clips' 30
 # frames here (temp_embed is sliced); two persons (a zero second one, as upstream's NTU

@@ -1,6 +1,6 @@
 """grain input pipelines: one epoch of batches from a random-access source of StrokeVision records.
 
-A record is the dict the simulator yields and the TFDS source returns (see DESIGN.md): uint8
+A record is the dict the simulator yields and the TFDS source returns (the builder's features): uint8
 'video' (T0, H0, W0, 3), COCO-17 pixel 'keypoints' (T0, 17, 2), 'keypoint_scores' (T0, 17),
 'label', plus strings and simulator ground truth that the batches do not carry.
 

@@ -1,6 +1,6 @@
 """A simulated Box and Block Test (BBT): the embedded default data of strokevision.
 
-What it models is written down in /work/shared/SYNTHETIC_BBT.md; in short:
+What it models, in short:
 
 * Each patient has persistent traits (body, colours, tested hand, impairment severity, chair and
   camera placement, room) drawn from `np.random.SeedSequence([seed, patient_index])`.
@@ -29,7 +29,7 @@ wall. The camera maps them to pixels (scale, small rotation, offset, optional mi
 
     config = SimulatorConfig()
     specs = clip_specs(config)
-    example = simulate_clip(config, specs[0])      # the dict described in /tmp/SPEC.md
+    example = simulate_clip(config, specs[0])      # a record of the TFDS features (builder's _info)
     print(difficulty_report(config).format())      # class counts and a keypoint baseline
 
 The baseline of `difficulty_report` is deliberately blind to the tested side (its features do not

@@ -129,7 +129,7 @@ class MotionBERTConfig:
 PRESETS: dict[str, MotionBERTConfig] = {
     # configs/action/MB_ft_NTU60_xsub.yaml (60 classes).
     "ntu60_xsub": MotionBERTConfig(),
-    # The parity fixture's size (../shared/fixtures/skeleton/motionbert_small.*).
+    # A small DSTformer (the size of the skeleton parity tests' reference outputs).
     "small": MotionBERTConfig(dim_feat=64, dim_rep=64, depth=2, num_heads=4),
 }
 
