@@ -25,8 +25,14 @@ def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0,
                                   "`python -m strokevision_jax.train`.")
     config = json.loads(config_path.read_text())
     recipe = train.recipe_from_config(config)
+    # A run started from a checkpoint has that checkpoint's architecture (not the preset's), so
+    # the network is built from it again before the run's own weights are restored over it.
+    init = config.get("init")
+    if init is not None and not pathlib.Path(init).exists():
+        raise train.TrainingError(f"{workdir} was started from {init} (run_config.json 'init'), which is gone; "
+                                  "it fixes the network's architecture. Put it back at that path to evaluate.")
     run = train.Run(recipe, workdir, dataset_lib.resolve_data_dir(data_dir), config["seed"], num_workers,
-                    train.make_mesh(), split=train.split_from_config(config))
+                    train.make_mesh(), init=init, log=log, split=train.split_from_config(config))
     checkpoints = train.Checkpoints(workdir)
     history = []
     metrics_path = workdir / "metrics.jsonl"

@@ -245,3 +245,23 @@ def test_four_devices_give_the_one_device_result(data_dir):
     # by sqrt(v) and so amplifies the reduction-order differences of the sharded BatchNorm.)
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     np.testing.assert_allclose(four["first_step_leaf"], one["first_step_leaf"], rtol=1e-4, atol=1e-6)
+
+
+def test_evaluate_rebuilds_the_architecture_of_a_pretrained_run(tmp_path, data_dir):
+    """A --pretrained run has torchvision's full mc3_18, not the cpu preset's slim one: evaluate
+    must rebuild that network and reproduce the run's test accuracy exactly."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from strokevision_jax import evaluate
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "mc3_18_random.pth"
+    torch.save(torchvision.models.video.mc3_18().state_dict(), checkpoint)
+    recipe = presets.recipe("mc3_18", "cpu").replace(dataset="synthetic_small", epochs=1)
+    workdir = tmp_path / "run"
+    train.check_workdir(workdir, train.run_config(recipe, {"dataset": "synthetic_small", "epochs": 1}, 0,
+                                                  str(checkpoint)))
+    report = train.train_and_evaluate(recipe, workdir, data_dir, init=str(checkpoint), log=None, progress=False)
+    again = evaluate.evaluate_workdir(workdir, data_dir, log=lambda *a: None)
+    assert again["test"]["accuracy"] == report["test"]["accuracy"]
+    assert again["test"]["confusion_matrix"] == report["test"]["confusion_matrix"]
