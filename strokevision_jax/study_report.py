@@ -126,7 +126,7 @@ def _pct(value: float) -> str:
 
 
 def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, resamples: int,
-                   seed: int = 0) -> str:
+                   seed: int = 0, majority: float | None = None) -> str:
     folds = (f"{settings.folds} patient-grouped folds" if settings.folds
              else "the dataset's own train / validation / test split")
     epochs = f", epochs {settings.epochs} for every model" if settings.epochs else ""
@@ -163,6 +163,8 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
             f"{boot['accuracy'].format()} | {100 * s['run_mean']:.1f}{sd} | {boot['macro_f1'].format()} | "
             f"{per_class} | {boot['transport_confusion'].format()} | {versus} | {PAPER_ACCURACY.get(model, '—')} |")
     lines.append("")
+    if majority is not None:
+        lines += [f"Always predicting the most frequent class would score {100 * majority:.1f} %.", ""]
     if missing:
         lines.append(f"**Missing runs ({len(missing)}), not in the table:** " + ", ".join(r.name for r in missing))
     else:
@@ -191,7 +193,7 @@ def _jax_devices() -> str:
     return f"JAX {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}"
 
 
-def plot_accuracy(summaries: dict, rows: list[dict], path: pathlib.Path) -> None:
+def plot_accuracy(summaries: dict, rows: list[dict], path: pathlib.Path, majority: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,11 +208,13 @@ def plot_accuracy(summaries: dict, rows: list[dict], path: pathlib.Path) -> None
                       fmt="o", color="tab:blue", capsize=4)
         runs = [100 * r["test_accuracy"] for r in rows if r["model"] == model]
         axes.scatter(runs, [y + 0.18] * len(runs), s=10, color="tab:gray", label="one run" if y == 0 else None)
+    if majority is not None:
+        axes.axvline(100 * majority, color="tab:red", linestyle="--", linewidth=1,
+                     label="always the most frequent class")
     axes.set_yticks(range(len(order)), order)
     axes.set_xlabel("test accuracy % (pooled out-of-fold, 95 % patient-bootstrap interval)")
     axes.grid(axis="x", alpha=0.3)
-    if rows:
-        axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="lower right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -281,12 +285,14 @@ def summarize(study_dir: pathlib.Path, settings, resamples: int = 2000, seed: in
                           + [f"p_{n}" for n in CLASS_NAMES])
     _write_csv(study_dir / "predictions.csv", predictions, prediction_columns)
     summaries = model_summaries(rows, predictions, settings.models, resamples, seed)
-    text = table_markdown(settings, summaries, rows, missing, resamples, seed)
+    labels = np.array([p["label"] for p in predictions], np.int64)
+    majority = float(np.bincount(labels, minlength=len(CLASS_NAMES)).max() / len(labels)) if len(labels) else None
+    text = table_markdown(settings, summaries, rows, missing, resamples, seed, majority)
     (study_dir / "table.md").write_text(text)
     (study_dir / "summary.json").write_text(json.dumps(
         {"models": _summary_json(summaries), "missing": [r.name for r in missing], "resamples": resamples},
         indent=1, default=float) + "\n")
     if summaries:
-        plot_accuracy(summaries, rows, study_dir / "accuracy.png")
+        plot_accuracy(summaries, rows, study_dir / "accuracy.png", majority)
         plot_confusions(predictions, settings.models, study_dir / "confusions.png")
     return {"text": text, "missing": missing}
