@@ -265,8 +265,10 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
     log(f"study: {len(runs)} runs in all ({len(settings.models)} models x "
         f"{max(settings.folds, 1)} folds x {len(settings.seeds)} seeds); shard {shard[0]}/{shard[1]} has "
         f"{len(mine)}, {len(mine) - len(todo)} already finished, {len(todo)} to run")
-    durations, failed = [], []
+    durations, failed, busy = [], [], []
     for number, run in enumerate(todo, 1):
+        if is_finished(run.workdir(study_dir)):  # finished meanwhile by another process of the study
+            continue
         started = time.time()
         log(f"study: run {number}/{len(todo)} of this shard: {run.name}")
         split = splits[run.fold - 1] if run.fold else splits[0]
@@ -274,6 +276,10 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
         try:
             report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
                              verbose=not quiet_runs)
+        except train.WorkdirInUse:  # another study process (no --shard, or another shard) has it
+            log(f"study: {run.name} is being trained by another process; next run")
+            busy.append(run)
+            continue
         except train.TrainingError as error:  # e.g. a non-finite loss: the other runs go on
             failed.append(run)
             log(f"study: {run.name} failed: {error} (its workdir is kept; the run is listed as missing)")

@@ -36,6 +36,7 @@ from strokevision_jax import report as report_lib
 from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data import pipeline
 from strokevision_jax.data.classes import CLASS_NAMES, NUM_CLASSES
+from strokevision_jax.workdir_lock import WorkdirBusy, WorkdirLock
 
 RUN_CONFIG = "run_config.json"
 
@@ -46,6 +47,10 @@ class TrainingError(RuntimeError):
 
 class UsageError(TrainingError):
     """A bad command-line value (exit status 2, like argparse)."""
+
+
+class WorkdirInUse(TrainingError):
+    """Another live process trains in this workdir."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -485,6 +490,17 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
     log: where the epoch lines go (None: nowhere); progress: show a progress bar per epoch."""
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
+    try:
+        lock = WorkdirLock(workdir).acquire()  # a second process on this workdir stops here
+    except WorkdirBusy as error:
+        raise WorkdirInUse(str(error)) from None
+    try:
+        return _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, split, log, progress)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, split, log, progress) -> dict:
     started = time.time()
     run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log, split=split,
               progress=progress)
