@@ -30,6 +30,7 @@ from strokevision_jax import folds as folds_lib
 from strokevision_jax import presets
 from strokevision_jax import train
 from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax.workdir_lock import live_holder
 
 STUDY_FILE = "study.json"
 CLIPS_FILE = "clips.json"
@@ -368,8 +369,13 @@ def main(argv=None) -> int:
         summary = study_report.summarize(study_dir, settings, resamples=args.resamples)
         print(summary["text"])
         print(f"study: tables in {study_dir} (table.md, results.csv, predictions.csv, summary.json, *.png)")
-        if summary["missing"] and not args.summarize and parse_shard(args.shard)[1] == 1:
-            print(f"error: {len(summary['missing'])} runs did not finish (see above); rerun the same command to "
+        running = [r for r in summary["missing"] if live_holder(r.workdir(study_dir)) is not None]
+        if running:
+            print(f"study: {len(running)} runs are still being trained by other processes "
+                  f"({', '.join(r.name for r in running)}); rerun with --summarize when they are done.")
+        failed = [r for r in summary["missing"] if r not in running]
+        if failed and not args.summarize and parse_shard(args.shard)[1] == 1:
+            print(f"error: {len(failed)} runs did not finish (see above); rerun the same command to "
                   "retry them.", file=sys.stderr)
             return 1
     except (StudyError, ValueError, train.TrainingError, dataset_lib.DatasetError) as error:

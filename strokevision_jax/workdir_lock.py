@@ -83,3 +83,14 @@ class WorkdirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def live_holder(workdir: os.PathLike) -> dict | None:
+    """The holder of `workdir`'s lock if it is (or may be, on another host) still running."""
+    lock = WorkdirLock(workdir)
+    holder = lock._holder()
+    if holder is None:
+        return None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        return holder if _alive(holder["pid"]) else None
+    return holder

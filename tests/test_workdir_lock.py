@@ -44,3 +44,12 @@ def test_train_on_a_busy_workdir_stops_naming_the_other_process(tmp_path):
     with WorkdirLock(tmp_path / "run"):
         with pytest.raises(train.WorkdirInUse, match=f"in use by process {os.getpid()}"):
             train.train_and_evaluate(None, tmp_path / "run", tmp_path, log=None)
+
+
+def test_live_holder(tmp_path):
+    from strokevision_jax.workdir_lock import live_holder
+
+    assert live_holder(tmp_path) is None
+    with WorkdirLock(tmp_path):
+        assert live_holder(tmp_path)["pid"] == os.getpid()
+    assert live_holder(tmp_path) is None
