@@ -13,7 +13,7 @@ import sys
 import jax
 import pytest
 
-from strokevision_jax import benchmark, torch_reference
+from strokevision_jax import benchmark, presets, torch_reference
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "torchvision"))
@@ -162,7 +162,9 @@ def test_recipe_follows_the_command_line():
     assert recipe.video.crop == (80, 80) and recipe.video.resize == (80, 80)  # resize grown to the crop
     assert dict(recipe.model_overrides) == {"base_width": 8, "stage_blocks": (1, 1, 1, 1)}
     mvit = benchmark.benchmark_recipe("mvit_v2_s", benchmark.Settings(preset="cpu", frames=4, crop=(32, 32)))
-    assert dict(mvit.model_overrides) == {"temporal_size": 4, "spatial_size": (32, 32)}
+    overrides = dict(mvit.model_overrides)  # the input size follows the clip; the rest is the preset's
+    assert (overrides["temporal_size"], overrides["spatial_size"]) == (4, (32, 32))
+    assert overrides["block_setting"] == dict(presets.recipe("mvit_v2_s", "cpu").model_overrides)["block_setting"]
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch and torchvision")
