@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -97,3 +99,26 @@ def write_report(workdir: pathlib.Path, run: dict, test_metrics: dict, history: 
     plot_confusion(test_metrics["confusion_matrix"], workdir / "confusion_matrix.png",
                    title=f"{run.get('model')} test (acc {test_metrics['accuracy']:.3f})")
     return report
+
+
+PREDICTIONS = "test_predictions.csv"
+
+
+def write_predictions(path: pathlib.Path, refs, labels: np.ndarray, logits: np.ndarray) -> None:
+    """One row per test clip: its stored split and index, the label, the prediction and the
+    class probabilities (softmax of the logits)."""
+    shifted = np.asarray(logits, np.float64)
+    shifted = np.exp(shifted - shifted.max(-1, keepdims=True))
+    probabilities = shifted / shifted.sum(-1, keepdims=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", "index", "label", "prediction"] + [f"p_{name}" for name in CLASS_NAMES])
+        for (split, index), label, probs in zip(refs, labels, probabilities):
+            writer.writerow([split, index, int(label), int(np.argmax(probs))] + [f"{p:.6g}" for p in probs])
+    os.replace(tmp, path)
+
+
+def read_predictions(path: pathlib.Path) -> list[dict]:
+    with pathlib.Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -27,7 +27,7 @@ import sys
 import time
 
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import presets
+from strokevision_jax import presets, report
 from strokevision_jax import train
 from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.workdir_lock import live_holder
@@ -200,7 +200,7 @@ def prepare_splits(study_dir: pathlib.Path, settings: Settings, data_dir: pathli
 
 
 def is_finished(run_dir: pathlib.Path) -> bool:
-    return (run_dir / "report.json").exists() and (run_dir / train.PREDICTIONS).exists()
+    return (run_dir / "report.json").exists() and (run_dir / report.PREDICTIONS).exists()
 
 
 # ----------------------------------------------------------------------------- running
@@ -236,12 +236,12 @@ def run_one(spec: RunSpec, settings: Settings, split: folds_lib.Split, study_dir
     recipe = settings.recipe(spec.model)
     run_dir = spec.workdir(study_dir)
     train.check_workdir(run_dir, train.run_config(recipe, settings.overrides(), spec.seed, None, split))
-    report = train.train_and_evaluate(recipe, run_dir, data_dir, seed=spec.seed, num_workers=num_workers,
+    run_report = train.train_and_evaluate(recipe, run_dir, data_dir, seed=spec.seed, num_workers=num_workers,
                                       split=split, log=log, progress=verbose)
     info_path = run_dir.parent / MODEL_INFO
     if not info_path.exists():
         _write_json(info_path, model_figures(recipe))
-    return report
+    return run_report
 
 
 def _duration(seconds: float) -> str:
@@ -275,7 +275,7 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
         split = splits[run.fold - 1] if run.fold else splits[0]
         run_log = (lambda *a, **k: None) if quiet_runs else log
         try:
-            report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
+            run_report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
                              verbose=not quiet_runs)
         except train.WorkdirInUse:  # another study process (no --shard, or another shard) has it
             log(f"study: {run.name} is being trained by another process; next run")
@@ -291,8 +291,8 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
         finished = sum(is_finished(r.workdir(study_dir)) for r in runs)
         remaining = len(todo) - number
         eta = _duration(remaining * sum(durations) / len(durations)) if remaining else "0s"
-        log(f"study: {run.name}: test accuracy {report['test']['accuracy']:.3f}, macro-F1 "
-            f"{report['test']['macro_f1']:.3f}, in {_duration(durations[-1])} | {finished}/{len(runs)} runs "
+        log(f"study: {run.name}: test accuracy {run_report['test']['accuracy']:.3f}, macro-F1 "
+            f"{run_report['test']['macro_f1']:.3f}, in {_duration(durations[-1])} | {finished}/{len(runs)} runs "
             f"finished study-wide | this shard: {remaining} left, ETA {eta}", flush=True)
     if failed:
         log(f"study: {len(failed)} runs failed: {', '.join(r.name for r in failed)}")

@@ -13,7 +13,7 @@ import platform
 import numpy as np
 
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import stats, study, train
+from strokevision_jax import report, stats, study
 from strokevision_jax.data.classes import CLASS_NAMES
 from strokevision_jax.models import ALIASES
 
@@ -47,19 +47,19 @@ def collect(study_dir: pathlib.Path, settings) -> tuple[list[dict], list[dict], 
         if not study.is_finished(run_dir):
             missing.append(run)
             continue
-        report = json.loads((run_dir / "report.json").read_text())
-        history = report["history"]
+        run_report = json.loads((run_dir / "report.json").read_text())
+        history = run_report["history"]
         info_path = run_dir.parent / study.MODEL_INFO
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
         train_seconds = sum(h.get("train_seconds", h["seconds"]) for h in history)
         train_clips = sum(h.get("train_clips", 0) for h in history)
-        test = report["test"]
+        test = run_report["test"]
         row = {
             "model": run.model, "fold": run.fold, "seed": run.seed,
             "test_accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
             **{f"accuracy_{name}": test["per_class_accuracy"][name] for name in CLASS_NAMES},
             "test_clips": test["num_examples"], "epochs": len(history),
-            "best_epoch": report["run"]["best_epoch"],
+            "best_epoch": run_report["run"]["best_epoch"],
             "wall_seconds": round(sum(h["seconds"] for h in history), 1),
             "train_clips_per_s": round(train_clips / train_seconds, 2) if train_clips and train_seconds else "",
             "parameters": info.get("parameters", ""),
@@ -67,10 +67,10 @@ def collect(study_dir: pathlib.Path, settings) -> tuple[list[dict], list[dict], 
             "workdir": os.path.relpath(run_dir, study_dir),
         }
         rows.append(row)
-        for p in train.read_predictions(run_dir / train.PREDICTIONS):
+        for p in report.read_predictions(run_dir / report.PREDICTIONS):
             clip = clips[(p["split"], int(p["index"]))]
             if clip.label != int(p["label"]):
-                raise study.StudyError(f"{run_dir / train.PREDICTIONS}: clip {clip.clip_id} has label {p['label']}, "
+                raise study.StudyError(f"{run_dir / report.PREDICTIONS}: clip {clip.clip_id} has label {p['label']}, "
                                        f"the dataset says {clip.label}; the run was made on other data.")
             predictions.append({"model": run.model, "fold": run.fold, "seed": run.seed, "clip_id": clip.clip_id,
                                 "patient": clip.patient, "split": clip.split, "index": clip.index,
@@ -225,8 +225,6 @@ def plot_confusions(predictions: list[dict], models, path: pathlib.Path) -> None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from strokevision_jax import report
 
     models = [m for m in models if any(p["model"] == m for p in predictions)]
     columns = min(4, max(1, len(models)))

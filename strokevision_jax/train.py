@@ -551,7 +551,7 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
         raise TrainingError(f"No best checkpoint in {run.workdir / 'checkpoints' / 'best'}; train first.")
     state, meta = restored
     test = run.evaluate(state, "test", with_logits=True)
-    write_predictions(run.workdir / PREDICTIONS, run.refs["test"], test.pop("labels"), test.pop("logits"))
+    report_lib.write_predictions(run.workdir / report_lib.PREDICTIONS, run.refs["test"], test.pop("labels"), test.pop("logits"))
     info = {
         "model": run.recipe.model, "preset": run.recipe.preset, "dataset": run.recipe.dataset,
         "split": run.split.name if run.split is not None else "dataset split",
@@ -565,31 +565,6 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
     log(report_lib.format_confusion(test["confusion_matrix"]))
     log(f"report: {run.workdir / 'report.json'}")
     return report
-
-
-PREDICTIONS = "test_predictions.csv"
-
-
-def write_predictions(path: pathlib.Path, refs, labels: np.ndarray, logits: np.ndarray) -> None:
-    """One row per test clip: its stored split and index, the label, the prediction and the
-    class probabilities (softmax of the logits)."""
-    import csv
-
-    probabilities = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["split", "index", "label", "prediction"] + [f"p_{name}" for name in CLASS_NAMES])
-        for (split, index), label, probs in zip(refs, labels, probabilities):
-            writer.writerow([split, index, int(label), int(np.argmax(probs))] + [f"{p:.6g}" for p in probs])
-    os.replace(tmp, path)
-
-
-def read_predictions(path: pathlib.Path) -> list[dict]:
-    import csv
-
-    with pathlib.Path(path).open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _recipe_dict(recipe: presets.Recipe) -> dict:

@@ -13,9 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from strokevision_jax import folds, presets, study, study_report, train
+from strokevision_jax import folds, presets, report, study, study_report, train
 from strokevision_jax.data import dataset as dataset_lib
-from strokevision_jax.data.classes import CLASS_NAMES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -81,9 +80,7 @@ def _fake_run(study_dir, s, model, fold, outcomes, clips):
     labels = np.array([c.label for c, _ in outcomes])
     predictions = np.array([p for _, p in outcomes])
     logits = np.eye(4)[predictions] * 5.0
-    train.write_predictions(run_dir / train.PREDICTIONS, [(c.split, c.index) for c, _ in outcomes], labels, logits)
-    from strokevision_jax import report
-
+    report.write_predictions(run_dir / report.PREDICTIONS, [(c.split, c.index) for c, _ in outcomes], labels, logits)
     test = report.classification_metrics(labels, predictions)
     history = [{"epoch": 1, "seconds": 60.0, "train_seconds": 50.0, "train_clips": 100}]
     (run_dir / "report.json").write_text(json.dumps({"run": {"best_epoch": 1}, "test": test, "history": history}))
@@ -216,7 +213,7 @@ def test_kill_9_then_rerun_skips_finished_runs_and_gives_the_same_table(tmp_path
     assert "step/s" not in out  # the runs' progress bars are off; the study prints one line per run
     assert first.stat().st_mtime_ns == stamp  # the finished run was not redone
     assert _table_without_cost(killed) == _table_without_cost(whole)
-    assert _results_without_timing(killed) == [{**r, "workdir": r["workdir"]} for r in _results_without_timing(whole)]
+    assert _results_without_timing(killed) == _results_without_timing(whole)
     # evaluate works on a study run and reproduces its test accuracy.
     from strokevision_jax import evaluate
 
