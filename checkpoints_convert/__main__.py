@@ -46,17 +46,18 @@ def main(argv=None) -> int:
         return 2
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     try:
-        model = api.load_torch_checkpoint(args.model, args.src, args.num_classes, **config)
+        name = api.spec_of(args.model).name
+        model = api.load_torch_checkpoint(name, args.src, args.num_classes, fast_init=True, **config)
     except (ConversionError, CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     params = sum(int(np.prod(v.shape)) for v in api.variable_shapes_of_kind(model, "params"))
     num_classes = model.config.num_classes
     out = api.save_converted(model, args.out, {
-        "model": args.model, "num_classes": num_classes, "config": config,
+        "model": name, "num_classes": num_classes, "config": config,
         "source": str(args.src), "parameters": params,
     })
-    print(f"{args.model}: {params:,} parameters, {num_classes} classes -> {out}")
+    print(f"{name}: {params:,} parameters, {num_classes} classes -> {out}")
     return 0
 
 

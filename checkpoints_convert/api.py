@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import json
 import logging
 import pathlib
-import pkgutil
 from collections.abc import Mapping
-from types import ModuleType
 from typing import Any
 
 import jax
@@ -18,6 +16,8 @@ from flax import nnx
 
 from checkpoints_convert.rules import ConversionError, map_state_dict
 from checkpoints_convert.torch_io import CheckpointError, read_checkpoint
+from strokevision_jax import models as models_lib
+from strokevision_jax.models import registry
 
 __all__ = ["CheckpointError", "ConversionError", "from_state_dict", "load_torch_checkpoint",
            "model_names", "restore_converted", "save_converted", "transfer_weights"]
@@ -25,30 +25,16 @@ __all__ = ["CheckpointError", "ConversionError", "from_state_dict", "load_torch_
 log = logging.getLogger("checkpoints_convert")
 
 
-
-def _family_names() -> list[str]:
-    """Every module of `checkpoints_convert.families` is a family (see its docstring)."""
-    from checkpoints_convert import families
-
-    return sorted(info.name for info in pkgutil.iter_modules(families.__path__) if not info.ispkg)
-
-
-def _families() -> dict[str, ModuleType]:
-    return {name: importlib.import_module(f"checkpoints_convert.families.{name}")
-            for name in _family_names()}
-
-
 def model_names() -> list[str]:
-    """The torchvision builder names that have a converter."""
-    return [name for family in _families().values() for name in family.MODELS]
+    """The models with a converter: every registered model."""
+    return registry.names()
 
 
-def family_of(name: str) -> ModuleType:
-    for family in _families().values():
-        if name in family.MODELS:
-            return family
-    raise ValueError(f"No converter for model {name!r}; models with converters: "
-                     f"{', '.join(model_names())}.")
+def spec_of(name: str) -> registry.ModelSpec:
+    try:
+        return registry.get(name)
+    except registry.UnknownModelError as error:
+        raise ValueError(f"No converter for model {name!r}: {error}") from None
 
 
 def variable_shapes(model: nnx.Module) -> dict[tuple, tuple[int, ...]]:
@@ -64,7 +50,7 @@ def variable_shapes_of_kind(model: nnx.Module, kind: str = "params") -> list:
 
 
 def checkpoint_num_classes(name: str, state_dict: Mapping[str, np.ndarray]) -> int:
-    head = family_of(name).HEAD_KEYS[0]
+    head = spec_of(name).family.torch_keys.head[0]
     if head not in state_dict:
         raise ConversionError(f"the checkpoint has no classifier weight {head!r}: is it a "
                               f"{name} state_dict?")
@@ -72,34 +58,32 @@ def checkpoint_num_classes(name: str, state_dict: Mapping[str, np.ndarray]) -> i
 
 
 def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes: int | None = None,
-                    *, seed: int = 0, **config: Any) -> nnx.Module:
+                    *, seed: int = 0, fast_init: bool = False, **config: Any) -> nnx.Module:
     """An NNX `name` model holding the torchvision `state_dict` ({key: numpy array}).
 
     `num_classes` defaults to the checkpoint's; another value re-initialises the classifier
     (fine-tuning, e.g. Kinetics' 400 classes -> 4) and logs it. `config` goes to the model
-    factory (fields of the model's config, e.g. `dtype=jnp.bfloat16` or input sizes).
+    factory (fields of the model's config, e.g. `dtype=jnp.bfloat16` or input sizes; named as
+    the upstream constructor's arguments). `fast_init`: initialise under `models.fast_init`
+    (process-wide; for command-line programs).
     """
-    family = family_of(name)
-    config = {family.CONFIG_KWARGS.get(k, k): v for k, v in config.items()}
-    prepare = getattr(family, "prepare", None)
-    if prepare is not None:  # e.g. strip a `module.` (DataParallel) prefix
-        state_dict = prepare(state_dict)
+    spec = spec_of(name)
+    keys = spec.family.torch_keys
+    if keys.prepare is not None:  # e.g. strip a `module.` (DataParallel) prefix
+        state_dict = keys.prepare(state_dict)
     head_classes = checkpoint_num_classes(name, state_dict)
     num_classes = head_classes if num_classes is None else int(num_classes)
     reinit_head = num_classes != head_classes
     if reinit_head:
         log.warning("%s: the checkpoint's classifier has %d classes, the model %d: the classifier "
                     "(%s) is re-initialised.", name, head_classes, num_classes,
-                    ", ".join(family.HEAD_KEYS))
-    from strokevision_jax.models import fast_init
-
-    with fast_init():
-        model = family.MODELS[name](num_classes=num_classes, rngs=nnx.Rngs(seed), **config)
-    check_fixed = getattr(family, "check_fixed", None)
-    if check_fixed is not None:  # fixed buffers (e.g. a graph's adjacency) compared, then dropped
-        state_dict = check_fixed(state_dict, model)
-    values = map_state_dict(family.TABLE, state_dict, variable_shapes(model),
-                            skip=lambda key: reinit_head and key in family.HEAD_KEYS)
+                    ", ".join(keys.head))
+    with models_lib.fast_init() if fast_init else contextlib.nullcontext():
+        model = spec.build(num_classes=num_classes, rngs=nnx.Rngs(seed), **config)
+    if keys.check_fixed is not None:  # fixed buffers (e.g. a graph's adjacency) compared, then dropped
+        state_dict = keys.check_fixed(state_dict, model)
+    values = map_state_dict(keys.rules, state_dict, variable_shapes(model),
+                            skip=lambda key: reinit_head and key in keys.head)
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     for path, var in nnx.to_flat_state(state):
         value = values.get(tuple(path))
@@ -111,7 +95,7 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
 
 
 def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int | None = None,
-                          **config: Any) -> nnx.Module:
+                          *, fast_init: bool = False, **config: Any) -> nnx.Module:
     """The torchvision `name` model (e.g. "r3d_18", "swin3d_b") with the weights of `path`.
 
     `path`: a `.pth` written by `torch.save(model.state_dict())` (zip or legacy format; read
@@ -119,10 +103,10 @@ def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int 
     The model takes (N, T, H, W, 3) float32 normalised frames: `model(x, train=False)` gives
     logits.
     """
-    family_of(name)  # an unknown name fails before the file is read
+    spec_of(name)  # an unknown name fails before the file is read
     state_dict = read_checkpoint(path)
     try:
-        return from_state_dict(name, state_dict, num_classes, **config)
+        return from_state_dict(name, state_dict, num_classes, fast_init=fast_init, **config)
     except ConversionError as error:
         raise ConversionError(f"{path}: {error}") from None
 
@@ -130,10 +114,11 @@ def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int 
 def transfer_weights(source: nnx.Module, target: nnx.Module) -> tuple[int, list[str]]:
     """Copies every Param/BatchStat of `source` into `target` where path and shape agree.
 
-    Only the classifier may differ (another number of classes): it keeps `target`'s fresh
-    initialisation. Returns (arrays copied, paths kept fresh); raises ConversionError when
-    anything else differs.
+    Only the classifier (the family's `classifier` Linear) may differ (another number of
+    classes): it keeps `target`'s fresh initialisation. Returns (arrays copied, paths kept
+    fresh); raises ConversionError when anything else differs.
     """
+    classifier = tuple(registry.family_of_config(target.config).classifier.split("."))
     src = dict(nnx.to_flat_state(nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat))))
     state = nnx.state(target, nnx.Any(nnx.Param, nnx.BatchStat))
     copied, fresh, problems = 0, [], []
@@ -144,12 +129,10 @@ def transfer_weights(source: nnx.Module, target: nnx.Module) -> tuple[int, list[
         elif src[path].shape == var.shape:
             var.value = src[path].value
             copied += 1
-        elif var.shape[-1] == target.config.num_classes or name.endswith("bias"):
+        elif tuple(map(str, path[:-1])) == classifier:
             fresh.append(name)
         else:
             problems.append(f"{name}: source {src[path].shape}, target {var.shape}")
-    if len(fresh) > 2:
-        problems.append("more than the classifier differs: " + ", ".join(fresh))
     if problems:
         raise ConversionError("the weights do not fit the model: " + "; ".join(problems))
     nnx.update(target, state)

@@ -1,92 +1,24 @@
-"""Conversion tables: how a PyTorch state_dict maps onto an NNX model's state.
+"""Applying a torch key table (`strokevision_jax.models.torch_keys`) to a state_dict.
 
-One table per model family (`checkpoints_convert/families/*.py`). A table is a sequence of
-`Rule`s (regex on the torch key -> NNX path template + layout transform) and `Ignore`s (torch
-keys with no NNX counterpart, each with the reason). `map_state_dict` applies a table strictly:
-every torch key must match exactly one entry, every NNX Param/BatchStat must be filled exactly
-once, and every converted array must have the NNX variable's shape; otherwise one error lists
-all the problems at once.
+`map_state_dict` is strict: every torch key must match exactly one entry, every NNX
+Param/BatchStat must be filled exactly once, and every converted array must have the NNX
+variable's shape; otherwise one error lists all the problems at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model: names every offending key."""
-
-
-def _linear(value: np.ndarray) -> np.ndarray:
-    # nn.Linear weight (out, in) -> nnx.Linear kernel (in, out)
-    _expect_rank(value, 2, "linear")
-    return value.T
-
-
-def _conv(value: np.ndarray) -> np.ndarray:
-    # ConvNd weight (out, in, *spatial) -> nnx.Conv kernel (*spatial, in, out)
-    if value.ndim < 3:
-        raise ConversionError(f"conv transform needs a rank >= 3 weight, got shape {value.shape}")
-    return np.transpose(value, (*range(2, value.ndim), 1, 0))
-
-
-def _expect_rank(value: np.ndarray, rank: int, name: str) -> None:
-    if value.ndim != rank:
-        raise ConversionError(f"{name} transform needs a rank-{rank} weight, got shape {value.shape}")
-
-
-TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "identity": lambda value: value,
-    "linear": _linear,
-    "conv": _conv,
-}
-
-Transform = str | Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """`pattern` (full match on the torch key) -> `target`, a dotted NNX path template.
-
-    `target` may use the pattern's groups: `"blocks.{0}.attn.qkv.kernel"`. Path elements made
-    of digits become integers (list indices). `transform` names an entry of TRANSFORMS or is a
-    function `fn(value, shape)` of the numpy array and the NNX variable's shape (so that it can
-    resize, e.g. interpolate a position embedding to another input size).
-    """
-
-    pattern: str
-    target: str
-    transform: Transform = "identity"
-
-    def apply(self, key: str) -> tuple | None:
-        match = re.fullmatch(self.pattern, key)
-        if match is None:
-            return None
-        dotted = self.target.format(*match.groups())
-        return tuple(int(part) if part.isdigit() else part for part in dotted.split("."))
-
-    def convert(self, value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        if isinstance(self.transform, str):
-            return np.asarray(TRANSFORMS[self.transform](value))
-        return np.asarray(self.transform(value, tuple(shape)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Ignore:
-    """Torch keys (full match) that carry nothing the NNX model stores, and why."""
-
-    pattern: str
-    reason: str
-
-    def matches(self, key: str) -> bool:
-        return re.fullmatch(self.pattern, key) is not None
-
-
-Table = Sequence[Rule | Ignore]
+from strokevision_jax.models.torch_keys import (  # noqa: F401 (re-exported)
+    TRANSFORMS,
+    ConversionError,
+    Ignore,
+    Rule,
+    Table,
+    TorchKeys,
+)
 
 
 def _path_str(path: tuple) -> str:

@@ -13,11 +13,13 @@ import json
 import pathlib
 import sys
 
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import train
-from strokevision_jax.data import dataset as dataset_lib
 
 
-def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print) -> dict:
+def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print, *,
+                     fast_init: bool = False) -> dict:
+    """Rewrites the run's report from its best checkpoint (fast_init: see `train.train_and_evaluate`)."""
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     config_path = workdir / train.RUN_CONFIG
     if not config_path.exists():
@@ -32,7 +34,8 @@ def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0,
         raise train.TrainingError(f"{workdir} was started from {init} (run_config.json 'init'), which is gone; "
                                   "it fixes the network's architecture. Put it back at that path to evaluate.")
     run = train.Run(recipe, workdir, dataset_lib.resolve_data_dir(data_dir), config["seed"], num_workers,
-                    train.make_mesh(), init=init, log=log, split=train.split_from_config(config))
+                    train.make_mesh(), init=init, log=log, split=train.split_from_config(config),
+                    fast_init=fast_init)
     checkpoints = train.Checkpoints(workdir)
     history = []
     metrics_path = workdir / "metrics.jsonl"
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         if args.manual_dir is not None:
             dataset_lib.ensure_built(dataset_lib.MANUAL_CONFIG, args.data_dir, manual_dir=args.manual_dir,
                                      skip_invalid=args.skip_invalid)
-        evaluate_workdir(pathlib.Path(args.workdir), args.data_dir, args.num_workers)
+        evaluate_workdir(pathlib.Path(args.workdir), args.data_dir, args.num_workers, fast_init=True)
     except (train.TrainingError, dataset_lib.DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -11,9 +11,13 @@ import dataclasses
 from typing import Any
 
 from strokevision_jax.data.pipeline import SkeletonConfig, VideoConfig
-from strokevision_jax.models import mvit
+from strokevision_jax.models import mvit, registry
 
 PRESETS = ("paper", "cpu")
+
+
+def _names(family: registry.Family) -> list[str]:
+    return [spec.name for spec in registry.of_family(family)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +151,14 @@ _MVIT_CPU_MODEL = (("temporal_size", 8), ("spatial_size", (32, 48)), ("block_set
 _SWIN_CPU_MODEL = (("embed_dim", 48), ("depths", (1, 1, 2, 1)), ("num_heads", (2, 4, 8, 16)))
 
 RECIPES: dict[tuple[str, str], Recipe] = {}
-for _name in ("r2plus1d_18", "r3d_18", "mc3_18"):
+for _name in _names(registry.VIDEO_RESNET):
     RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_RESNET_PAPER)
     RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_RESNET_CPU)
-for _name in ("mvit_v1_b", "mvit_v2_s"):
+for _name in _names(registry.MVIT):
     RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_MVIT_PAPER)
     RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", model_overrides=_MVIT_CPU_MODEL,
                                      video=_MVIT_CPU_VIDEO, **_TRANSFORMER_CPU)
-for _name in ("swin3d_t", "swin3d_s", "swin3d_b"):
+for _name in _names(registry.SWIN3D):
     RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_SWIN_PAPER)
     RECIPES[(_name, "cpu")] = Recipe(
         model=_name, preset="cpu", model_overrides=_SWIN_CPU_MODEL,
@@ -223,11 +227,12 @@ _MSG3D_CPU = dict(
     batch_size=16, epochs=20, optimizer="sgd", nesterov=True, learning_rate=0.05,
     warmup_epochs=1.0, weight_decay=5e-4, decay_all=True,
 )
-for _name, _paper, _cpu in (("motionbert", _MOTIONBERT_PAPER, _MOTIONBERT_CPU),
-                            ("poseconv3d", _POSECONV3D_PAPER, _POSECONV3D_CPU),
-                            ("msg3d", _MSG3D_PAPER, _MSG3D_CPU)):
-    RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_paper)
-    RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_cpu)
+for _family, _paper, _cpu in ((registry.MOTIONBERT, _MOTIONBERT_PAPER, _MOTIONBERT_CPU),
+                              (registry.POSECONV3D, _POSECONV3D_PAPER, _POSECONV3D_CPU),
+                              (registry.MSG3D, _MSG3D_PAPER, _MSG3D_CPU)):
+    for _name in _names(_family):
+        RECIPES[(_name, "paper")] = Recipe(model=_name, preset="paper", **_paper)
+        RECIPES[(_name, "cpu")] = Recipe(model=_name, preset="cpu", **_cpu)
 
 
 def with_clip(recipe: Recipe, **video_changes) -> Recipe:
@@ -240,6 +245,8 @@ def with_clip(recipe: Recipe, **video_changes) -> Recipe:
 
 
 def recipe(model: str, preset: str) -> Recipe:
+    """The recipe of `model` (a name or a short name) for `preset`."""
+    model = registry.ALIASES.get(model, model)
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}.")
     try:

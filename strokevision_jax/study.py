@@ -26,10 +26,10 @@ import pathlib
 import sys
 import time
 
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import presets, report
-from strokevision_jax import train
-from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax import presets, report, train
+from strokevision_jax.models import registry
 from strokevision_jax.workdir_lock import live_holder
 
 STUDY_FILE = "study.json"
@@ -109,10 +109,14 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
+# The paper's seven, by their short names.
+PAPER_MODELS = ",".join(registry.short_name(name) for name in registry.PAPER_MODELS)
+
+
 def resolve_models(text: str) -> tuple[str, ...]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise StudyError("--models is empty; name one or more models, e.g. --models=r3d,motionbert.")
+        raise StudyError(f"--models is empty; name one or more models, e.g. --models={PAPER_MODELS}.")
     models = []
     for name in names:
         try:
@@ -205,7 +209,7 @@ def is_finished(run_dir: pathlib.Path) -> bool:
 
 # ----------------------------------------------------------------------------- running
 
-def model_figures(recipe: presets.Recipe) -> dict:
+def model_figures(recipe: presets.Recipe, fast_init: bool = False) -> dict:
     """Parameters and XLA's FLOPs for one clip's forward pass (one view) of the recipe's model."""
     import jax
     import jax.numpy as jnp
@@ -215,7 +219,7 @@ def model_figures(recipe: presets.Recipe) -> dict:
     from strokevision_jax import benchmark
     from strokevision_jax.data.classes import NUM_CLASSES
 
-    model = train.create_model(recipe, NUM_CLASSES, seed=0, log=lambda *a: None)
+    model = train.create_model(recipe, NUM_CLASSES, seed=0, log=lambda *a: None, fast_init=fast_init)
     graphdef, state = nnx.split(model)
     parameters = int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     one = recipe.replace(batch_size=1)
@@ -231,16 +235,18 @@ def model_figures(recipe: presets.Recipe) -> dict:
 
 
 def run_one(spec: RunSpec, settings: Settings, split: folds_lib.Split, study_dir: pathlib.Path,
-            data_dir: pathlib.Path, num_workers: int, log=print, verbose: bool = False) -> dict:
-    """Trains (or resumes) one run through the train command's own functions."""
+            data_dir: pathlib.Path, num_workers: int, log=print, verbose: bool = False,
+            fast_init: bool = False) -> dict:
+    """Trains (or resumes) one run through the train command's own functions (fast_init: see
+    `train.train_and_evaluate`)."""
     recipe = settings.recipe(spec.model)
     run_dir = spec.workdir(study_dir)
     train.check_workdir(run_dir, train.run_config(recipe, settings.overrides(), spec.seed, None, split))
     run_report = train.train_and_evaluate(recipe, run_dir, data_dir, seed=spec.seed, num_workers=num_workers,
-                                      split=split, log=log, progress=verbose)
+                                          split=split, log=log, progress=verbose, fast_init=fast_init)
     info_path = run_dir.parent / MODEL_INFO
     if not info_path.exists():
-        _write_json(info_path, model_figures(recipe))
+        _write_json(info_path, model_figures(recipe, fast_init))
     return run_report
 
 
@@ -252,8 +258,9 @@ def _duration(seconds: float) -> str:
 
 def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Path, *,
               shard: tuple[int, int] = (0, 1), num_workers: int = 0, quiet_runs: bool = True,
-              log=print) -> list[RunSpec]:
-    """Runs this shard's unfinished runs; returns the runs that are still missing study-wide."""
+              log=print, fast_init: bool = False) -> list[RunSpec]:
+    """Runs this shard's unfinished runs; returns the runs that are still missing study-wide
+    (fast_init: see `train.train_and_evaluate`)."""
     import jax
 
     study_dir = pathlib.Path(study_dir).absolute()
@@ -276,7 +283,7 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
         run_log = (lambda *a, **k: None) if quiet_runs else log
         try:
             run_report = run_one(run, settings, split, study_dir, data_dir, num_workers, log=run_log,
-                             verbose=not quiet_runs)
+                                 verbose=not quiet_runs, fast_init=fast_init)
         except train.WorkdirInUse:  # another study process (no --shard, or another shard) has it
             log(f"study: {run.name} is being trained by another process; next run")
             busy.append(run)
@@ -315,7 +322,7 @@ def read_settings(study_dir: pathlib.Path) -> Settings:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m strokevision_jax.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="r3d,r2plus1d,mvit,swin,motionbert,poseconv3d,msg3d",
+    parser.add_argument("--models", default=PAPER_MODELS,
                         help="comma-separated models or short names (default: the paper's seven)")
     parser.add_argument("--folds", type=int, default=5,
                         help="patient-grouped folds (0: the dataset's own train/validation/test split)")
@@ -361,7 +368,7 @@ def main(argv=None) -> int:
                 settings.recipe(model)  # a model without a recipe for the preset fails here
             data_dir = dataset_lib.resolve_data_dir(args.data_dir)
             missing = run_study(settings, study_dir, data_dir, shard=shard, num_workers=args.num_workers,
-                                quiet_runs=not args.verbose)
+                                quiet_runs=not args.verbose, fast_init=True)
             settings = read_settings(study_dir)  # every model of the study, also those of earlier commands
             if missing and shard[1] > 1:
                 print(f"study: {len(missing)} runs of other shards are not finished yet; the tables will list "

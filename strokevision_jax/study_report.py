@@ -15,15 +15,8 @@ import numpy as np
 from strokevision_jax import folds as folds_lib
 from strokevision_jax import report, stats, study
 from strokevision_jax.data.classes import CLASS_NAMES
-from strokevision_jax.models import ALIASES
+from strokevision_jax.models import registry
 
-# The paper's Table 1 (accuracy %, real recordings of stroke patients; arXiv 2509.07994).
-PAPER_ACCURACY = {
-    "r3d_18": "87.68", "r2plus1d_18": "86.96", "motionbert": "84.29", "msg3d": "78.39",
-    "mvit_v1_b": "77.14", "mvit_v2_s": "77.14", "swin3d_t": "≈74", "swin3d_s": "≈74", "swin3d_b": "≈74",
-    "poseconv3d": "68.93",
-}
-SKELETON_MODELS = ("motionbert", "poseconv3d", "msg3d")
 SHORT = {"grasping": "grasp", "non_task_movement": "non-task", "transport_with_object": "with obj.",
          "transport_without_object": "without obj."}
 COST_HEADING = "## Cost and machine"
@@ -34,8 +27,17 @@ RESULT_COLUMNS = (["model", "fold", "seed", "test_accuracy", "macro_f1"]
 
 
 def _display_name(model: str) -> str:
-    short = [alias for alias, target in ALIASES.items() if target == model]
+    short = registry.get(model).aliases
     return f"{model} ({short[0]})" if short else model
+
+
+def _input_name(model: str) -> str:
+    return "RGB" if registry.get(model).family.modality == "rgb" else "keypoints"
+
+
+def _paper_accuracy(model: str) -> str:
+    """The paper's Table 1 (accuracy %, real recordings of stroke patients; arXiv 2509.07994)."""
+    return registry.get(model).paper_accuracy or "—"
 
 
 def collect(study_dir: pathlib.Path, settings) -> tuple[list[dict], list[dict], list]:
@@ -159,9 +161,9 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
         per_class = " | ".join(_pct(i.value) for i in boot["per_class_accuracy"])
         sd = "" if not np.isfinite(s["run_sd"]) else f" ± {100 * s['run_sd']:.1f}"
         lines.append(
-            f"| {_display_name(model)} | {'keypoints' if model in SKELETON_MODELS else 'RGB'} | {s['runs']} | "
+            f"| {_display_name(model)} | {_input_name(model)} | {s['runs']} | "
             f"{boot['accuracy'].format()} | {100 * s['run_mean']:.1f}{sd} | {boot['macro_f1'].format()} | "
-            f"{per_class} | {boot['transport_confusion'].format()} | {versus} | {PAPER_ACCURACY.get(model, '—')} |")
+            f"{per_class} | {boot['transport_confusion'].format()} | {versus} | {_paper_accuracy(model)} |")
     lines.append("")
     if majority is not None:
         lines += [f"Always predicting the most frequent class would score {100 * majority:.1f} %.", ""]

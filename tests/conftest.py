@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax import dataset as dataset_lib
 
 pytest_plugins = ["pytester"]
 REQUIRE_FIXTURES = "STROKEVISION_REQUIRE_FIXTURES"

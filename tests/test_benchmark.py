@@ -13,7 +13,8 @@ import sys
 import jax
 import pytest
 
-from strokevision_jax import benchmark, presets, torch_reference
+from strokevision_jax import benchmark, presets
+from strokevision_jax.models import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HAS_TORCH = all(importlib.util.find_spec(name) for name in ("torch", "torchvision"))
@@ -173,7 +174,7 @@ def test_slim_torch_references_convert_into_the_cpu_models(name):
     """torchvision's blocks at the cpu preset's widths (11-channel (2+1)D stem, widths 16-128,
     one block per stage): every tensor converts into the JAX model, shapes checked."""
     recipe = benchmark.benchmark_recipe(name, benchmark.Settings(preset="cpu"))
-    reference = torch_reference.torch_reference(benchmark._model_config(recipe))
+    reference = registry.torch_reference(benchmark._model_config(recipe))
     model = benchmark._converted_model(reference, recipe, seed=0)
     assert model.config.base_width == 16 and reference.fc.in_features == 128
     assert len(reference.layer1) == 1
@@ -181,7 +182,7 @@ def test_slim_torch_references_convert_into_the_cpu_models(name):
 
 def test_usage_errors(capsys):
     assert benchmark.main(["--models=nope", "--modes=train"]) == 2
-    assert "Valid models" in capsys.readouterr().err
+    assert "--models: Unknown model 'nope'; models: r2plus1d_18" in capsys.readouterr().err
     assert benchmark.main(["--modes=fly"]) == 2
     assert "choose from train, infer, pipeline" in capsys.readouterr().err
     assert benchmark.main(["--crop=112"]) == 2
@@ -189,6 +190,25 @@ def test_usage_errors(capsys):
     jax.devices()  # the backend has started: flags can no longer reach XLA
     assert benchmark.main(["--xla_flags=--xla_gpu_autotune_level=0", "--models=r3d_18"]) == 2
     assert "run the command in a fresh process" in capsys.readouterr().err
+
+
+def test_xla_flags_before_the_backend_starts_and_the_import_order():
+    """In a fresh process: the public backend probe says False until JAX starts a backend, so
+    --xla_flags reach XLA_FLAGS, then True; it leaves jax_num_cpu_devices as it was."""
+    code = """
+import os, jax
+from strokevision_jax.benchmark import cli, hardware
+before = jax.config.jax_num_cpu_devices
+assert not hardware.backend_started()
+cli.apply_xla_flags("--xla_gpu_autotune_level=0")
+assert os.environ["XLA_FLAGS"] == "--xla_gpu_autotune_level=0", os.environ["XLA_FLAGS"]
+assert len(jax.devices()) == 1 and hardware.backend_started()
+assert jax.config.jax_num_cpu_devices == before
+"""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_ab_runs_both_processes_and_reports_the_ratio(monkeypatch, tmp_path, capsys):
@@ -203,7 +223,7 @@ def test_ab_runs_both_processes_and_reports_the_ratio(monkeypatch, tmp_path, cap
                                                 "clips_per_s": rate, "compile_s": 1.0}]}))
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setattr(benchmark.ab.subprocess, "run", fake_run)
     out = tmp_path / "ab.json"
     flags = "--ab_xla_flags=--xla_gpu_force_conv_nhwc=true"
     assert benchmark.main(["--models=r3d_18", flags, "--out", str(out)]) == 0

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax.data.classes import CLASS_NAMES
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

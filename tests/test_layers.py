@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from strokevision_jax.models.layers import Conv3d
-from strokevision_jax.models.video_resnet import r2plus1d_18
+from strokevision_jax.models.registry import MODELS
 
 CASES = [  # kernel, strides, padding: the shapes the video ResNets use, plus odd sizes
     ((1, 3, 3), (1, 1, 1), (0, 1, 1)),
@@ -36,9 +36,9 @@ def test_factorised_lowering_equals_3d_convolution(kernel, strides, padding):
 
 
 def test_zero_init_residual_makes_blocks_start_as_identity_shortcuts():
-    model = r2plus1d_18(num_classes=4, base_width=8, zero_init_residual=True, rngs=nnx.Rngs(0))
+    model = MODELS["r2plus1d_18"].build(num_classes=4, base_width=8, zero_init_residual=True, rngs=nnx.Rngs(0))
     for block in (*model.layer1, *model.layer2):
         scale = block.conv2[1].scale[...]
         assert np.all(np.asarray(scale) == 0)
-    default = r2plus1d_18(num_classes=4, base_width=8, rngs=nnx.Rngs(0))
+    default = MODELS["r2plus1d_18"].build(num_classes=4, base_width=8, rngs=nnx.Rngs(0))
     assert np.all(np.asarray(default.layer1[0].conv2[1].scale[...]) == 1)

@@ -11,14 +11,21 @@ import av
 import numpy as np
 import pytest
 
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import evaluate, presets, train
 from strokevision_jax.data import cut_clips
-from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data.classes import CLASS_NAMES
 from strokevision_jax.data.pipeline import VideoConfig
 from tests.test_manual_import import (
-    expected_keypoints, make_full_dir, patient_pose, records_by_clip, write_mmpose_json, write_npy,
-    write_openpose_folder, write_video)
+    expected_keypoints,
+    make_full_dir,
+    patient_pose,
+    records_by_clip,
+    write_mmpose_json,
+    write_npy,
+    write_openpose_folder,
+    write_video,
+)
 
 SEGMENT_COLUMNS = ("video", "start", "end", "label", "patient_id", "keypoints", "split")
 

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from strokevision_jax.data import dataset as dataset_lib
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax.data import recordings
 from strokevision_jax.data.classes import CLASS_NAMES
 from strokevision_jax.data.keypoints import COCO17_NAMES

@@ -24,11 +24,21 @@ from flax import nnx
 
 from checkpoints_convert import ConversionError, load_torch_checkpoint
 from checkpoints_convert.api import from_state_dict, variable_shapes
-from checkpoints_convert.families import motionbert as family
 from checkpoints_convert.rules import map_state_dict
 from checkpoints_convert.torch_io import read_checkpoint
 from strokevision_jax.models import fast_init
+from strokevision_jax.models import motionbert as family
 from strokevision_jax.models import motionbert as mb
+from strokevision_jax.models.registry import MODELS as _MODELS
+
+MOTIONBERT = _MODELS["motionbert"]
+
+
+def mb_small_config() -> dict:
+    """The small DSTformer of the fixtures (mb.PRESETS['small']) as config fields."""
+    small = mb.PRESETS["small"]
+    return {k: getattr(small, k) for k in ("dim_feat", "dim_rep", "depth", "num_heads")}
+
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "skeleton"
 SMALL_PTH = FIXTURES / "motionbert_small.pth"
@@ -163,15 +173,15 @@ def test_full_manifest_matches_key_for_key():
     """The published config (built abstractly: no 60M parameters materialised) takes every key
     of the full checkpoint with its shape, nothing missing, and has its parameter count."""
     manifest = _manifest()
-    model = nnx.eval_shape(lambda: mb.motionbert(num_classes=manifest["config"]["action_classes"],
+    model = nnx.eval_shape(lambda: MOTIONBERT.build(num_classes=manifest["config"]["action_classes"],
                                                  rngs=nnx.Rngs(0)))
     # Zero-strided views: the shapes without the memory.
     fake = {key: np.broadcast_to(np.zeros((), entry["dtype"]), entry["shape"])
             for key, entry in manifest["state_dict"].items()}
     assert len(fake) == manifest["num_entries"] == 269
-    fake = family.prepare(fake)
-    family.check_fixed(fake, model)
-    values = map_state_dict(family.TABLE, fake, variable_shapes(model))
+    fake = family.TORCH_KEYS.prepare(fake)
+    family.TORCH_KEYS.check_fixed(fake, model)
+    values = map_state_dict(family.TORCH_KEYS.rules, fake, variable_shapes(model))
     assert set(values) == set(variable_shapes(model))
     assert len(values) == 268  # all but head.bn.num_batches_tracked
     params = nnx.state(model, nnx.Param)
@@ -182,7 +192,7 @@ def test_full_manifest_matches_key_for_key():
 @needs_fixtures
 def test_full_forward_shapes():
     """Full size, traced only: (1, 2, 243, 17, 3) -> features (1, 2, 243, 17, 512), logits."""
-    model = nnx.eval_shape(lambda: mb.motionbert(num_classes=60, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: MOTIONBERT.build(num_classes=60, rngs=nnx.Rngs(0)))
     out = nnx.eval_shape(lambda m, x: m.features(x), model,
                          jax.ShapeDtypeStruct((1, 2, 243, 17, 3), jnp.float32))
     assert out["features"].shape == (1, 2, 243, 17, 512)
@@ -247,12 +257,12 @@ def test_architecture_mismatch_names_the_config(state_dict):
 
 def test_prefix_handling():
     value = np.zeros(1, np.float32)
-    assert set(family.prepare({"module.head.fc2.weight": value, "backbone.norm.bias": value})) \
+    assert set(family.TORCH_KEYS.prepare({"module.head.fc2.weight": value, "backbone.norm.bias": value})) \
         == {"head.fc2.weight", "backbone.norm.bias"}
     with pytest.raises(ConversionError, match="'head.fc2.bias' appears both with and without"):
-        family.prepare({"module.head.fc2.bias": value, "head.fc2.bias": value})
+        family.TORCH_KEYS.prepare({"module.head.fc2.bias": value, "head.fc2.bias": value})
     with pytest.raises(ConversionError, match="version='embed'"):
-        family.prepare({"module.head.fc1.weight": value})
+        family.TORCH_KEYS.prepare({"module.head.fc1.weight": value})
 
 
 # ----------------------------------------------------------------------------- tiny model
@@ -266,7 +276,7 @@ def _clip(seed: int = 0) -> jax.Array:
 
 
 def test_tiny_shapes_under_jit():
-    model = mb.motionbert_small(num_classes=4, rngs=nnx.Rngs(0), **TINY)
+    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), **TINY)
     x = _clip()
     out = nnx.jit(lambda model, x: model.features(x, train=False))(model, x)
     n, m, t, j, _ = CLIP
@@ -282,7 +292,7 @@ def test_tiny_shapes_under_jit():
 
 
 def test_input_checks():
-    model = mb.motionbert_small(num_classes=4, rngs=nnx.Rngs(0), **TINY)
+    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), **TINY)
     with pytest.raises(ValueError, match=r"takes \(N, M, T, 17, 3\).*got shape \(2, 6, 17, 3\)"):
         model(jnp.zeros((2, 6, 17, 3)))
     with pytest.raises(ValueError, match="13 frames, more than maxlen=12"):
@@ -290,13 +300,13 @@ def test_input_checks():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         mb.MotionBERTConfig(dim_feat=10, num_heads=4)
     with pytest.raises(TypeError, match="unknown MotionBERT config fields: dim"):
-        mb.motionbert(rngs=nnx.Rngs(0), dim=3)
+        MOTIONBERT.build(rngs=nnx.Rngs(0), dim=3)
 
 
 def test_gradient_step():
     """Train mode without dropout is deterministic: one SGD step lowers the loss; gradients
     reach every parameter except the unused pose head (exactly zero there); BN moves."""
-    model = mb.motionbert_small(num_classes=4, rngs=nnx.Rngs(0), dropout_ratio=0.0, **TINY)
+    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), dropout_ratio=0.0, **TINY)
     x, labels = _clip(), jnp.array([0, 1, 3])
     optimizer = nnx.Optimizer(model, optax.sgd(0.05), wrt=nnx.Param)
 
@@ -343,7 +353,7 @@ def test_batchnorm_follows_torch():
 
 
 def _dropout_model(dropout_seed: int) -> mb.MotionBERT:
-    return mb.motionbert_small(num_classes=4, rngs=nnx.Rngs(params=0, dropout=dropout_seed),
+    return MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(params=0, dropout=dropout_seed),
                                drop_rate=0.2, attn_drop_rate=0.1, drop_path_rate=0.3,
                                dropout_ratio=0.5, **TINY)
 

@@ -20,11 +20,11 @@ import pytest
 from flax import nnx
 
 from checkpoints_convert import api, load_torch_checkpoint
-from checkpoints_convert.families import msg3d as family
 from checkpoints_convert.rules import ConversionError, map_state_dict
 from checkpoints_convert.torch_io import read_checkpoint
-from strokevision_jax.models import fast_init
+from strokevision_jax.models import fast_init, registry
 from strokevision_jax.models import graph as graph_lib
+from strokevision_jax.models import msg3d as family
 from strokevision_jax.models import msg3d as msg3d_lib
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "skeleton"
@@ -78,14 +78,14 @@ def test_manifest_maps_completely():
     """The published config (60 classes) fills every NNX variable exactly once, key for key and
     shape for shape, and has upstream's number of parameters."""
     manifest = json.loads((FIXTURES / "msg3d_coco_manifest.json").read_text())
-    model = nnx.eval_shape(lambda: msg3d_lib.msg3d(num_classes=60, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: registry.MODELS["msg3d"].build(num_classes=60, rngs=nnx.Rngs(0)))
     own = family.fixed_buffers(model)
     entries = manifest["state_dict"]
     assert {k for k in entries if k.endswith(".A")} == set(own)
     state_dict = {key: own[key] if key in own else
                   np.zeros(entry["shape"], np.dtype(entry["dtype"]))
                   for key, entry in entries.items()}
-    values = map_state_dict(family.TABLE, family.check_fixed(state_dict, model),
+    values = map_state_dict(family.TORCH_KEYS.rules, family.TORCH_KEYS.check_fixed(state_dict, model),
                             api.variable_shapes(model))
     assert set(values) == set(api.variable_shapes(model))
     params = sum(var.size for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -107,21 +107,21 @@ def test_changed_adjacency_is_refused():
 @needs_fixtures
 def test_other_graph_sizes_and_missing_buffers_are_refused():
     state_dict = read_checkpoint(FIXTURES / "msg3d_coco_small.pth")
-    fewer_scales = nnx.eval_shape(lambda: msg3d_lib.msg3d(
+    fewer_scales = nnx.eval_shape(lambda: registry.MODELS["msg3d"].build(
         num_classes=4, base_channels=16, num_g3d_scales=5, rngs=nnx.Rngs(0)))
     with pytest.raises(ConversionError, match=r"backbone\.gcn3d1\.gcn3d\.0\.gcn3d\.1\.A: shape "
                                               r"\(6, 51, 51\), but the model's graph gives "
                                               r"\(5, 51, 51\)"):
-        family.check_fixed(state_dict, fewer_scales)
-    model = nnx.eval_shape(lambda: msg3d_lib.msg3d(num_classes=4, base_channels=16,
+        family.TORCH_KEYS.check_fixed(state_dict, fewer_scales)
+    model = nnx.eval_shape(lambda: registry.MODELS["msg3d"].build(num_classes=4, base_channels=16,
                                                    rngs=nnx.Rngs(0)))
     without = {k: v for k, v in state_dict.items() if k != "backbone.sgcn3.0.A"}
     with pytest.raises(ConversionError, match=r"missing adjacency buffers .*backbone\.sgcn3\.0\.A"):
-        family.check_fixed(without, model)
+        family.TORCH_KEYS.check_fixed(without, model)
     surplus = {**state_dict, "backbone.tcn1.A": np.eye(17, dtype=np.float32)}
     with pytest.raises(ConversionError, match=r"backbone\.tcn1\.A: the model has no adjacency"):
-        family.check_fixed(surplus, model)
-    stripped = family.check_fixed(state_dict, model)
+        family.TORCH_KEYS.check_fixed(surplus, model)
+    stripped = family.TORCH_KEYS.check_fixed(state_dict, model)
     assert not [k for k in stripped if k.endswith(".A")]
     assert len(stripped) == len(state_dict) - len(family.fixed_buffers(model))
 
@@ -188,7 +188,7 @@ def test_temporal_max_pool_and_windows(stride, frames):
 def test_tiny_shapes_jit_and_grad():
     # Compile time dominates the tiny model: skip XLA's optimisations (this test only).
     with fast_init():
-        config = dataclasses.replace(msg3d_lib.PRESETS["msg3d_tiny"], num_classes=5)
+        config = dataclasses.replace(msg3d_lib.PRESETS["tiny"], num_classes=5)
         _check_tiny(msg3d_lib.MSG3D(config, rngs=nnx.Rngs(0)))
 
 

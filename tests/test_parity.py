@@ -20,8 +20,10 @@ torch = pytest.importorskip("torch", reason="parity tests need torch: pip instal
 torchvision = pytest.importorskip("torchvision", reason="parity tests need torchvision: pip install -e '.[parity]'")
 
 from checkpoints_convert import load_torch_checkpoint  # noqa: E402
+from strokevision_jax.models import registry  # noqa: E402
 
-FAMILIES = ["video_resnet", "mvit", "swin3d"]
+# Every family with a PyTorch original has a spec module tests/parity/<family>.py.
+FAMILIES = [family.name for family in registry.FAMILIES if family.torch_reference is not None]
 RTOL = 1e-4
 
 

@@ -1,4 +1,4 @@
-"""Tests for the grain pipelines (strokevision_jax.data.pipeline) and the keypoint conversions."""
+"""Tests for the grain pipelines (data.pipeline, data.resample, data.loader) and the keypoint conversions."""
 
 import dataclasses
 
@@ -8,6 +8,7 @@ import pytest
 
 from strokevision_jax.data import keypoints as kp
 from strokevision_jax.data import pipeline as pl
+from strokevision_jax.data import resample as rs
 
 CLIP_FRAMES, HEIGHT, WIDTH = 6, 16, 20
 
@@ -185,12 +186,12 @@ def test_crop_in_stored_coordinates_equals_resize_then_crop():
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 256, (3, HEIGHT, WIDTH, 3), dtype=np.uint8)
     resized_hw, crop_hw = (11, 13), (7, 9)
-    full = pl.resample_bilinear(frames, pl.CropBox(0, 0, HEIGHT, WIDTH), resized_hw)
+    full = rs.resample_bilinear(frames, rs.CropBox(0, 0, HEIGHT, WIDTH), resized_hw)
     for top, left in [(0, 0), (2, 3), (4, 4)]:
-        box = pl.CropBox(top * HEIGHT / 11, left * WIDTH / 13, 7 * HEIGHT / 11, 9 * WIDTH / 13)
-        direct = pl.resample_bilinear(frames, box, crop_hw)
+        box = rs.CropBox(top * HEIGHT / 11, left * WIDTH / 13, 7 * HEIGHT / 11, 9 * WIDTH / 13)
+        direct = rs.resample_bilinear(frames, box, crop_hw)
         np.testing.assert_allclose(direct, full[:, top : top + 7, left : left + 9], atol=1e-3)
-        flipped = pl.resample_bilinear(frames, box, crop_hw, flip=True)
+        flipped = rs.resample_bilinear(frames, box, crop_hw, flip=True)
         np.testing.assert_allclose(flipped, direct[:, :, ::-1], atol=1e-3)
 
 
@@ -199,9 +200,9 @@ def test_bilinear_matches_pil_when_upsampling():
     rows, cols = np.meshgrid(np.arange(HEIGHT), np.arange(WIDTH), indexing="ij")
     smooth = (120 + 100 * np.sin(rows / 3.0) * np.cos(cols / 4.0)).astype(np.uint8)
     frames = np.repeat(np.stack([smooth] * 2)[..., None], 3, axis=-1)
-    box = pl.CropBox(2.0, 3.0, 10.0, 12.0)
-    ours = pl.resample_bilinear(frames, box, (15, 18))
-    pil = pl.resample_pil(frames, box, (15, 18)).astype(np.float32)
+    box = rs.CropBox(2.0, 3.0, 10.0, 12.0)
+    ours = rs.resample_bilinear(frames, box, (15, 18))
+    pil = rs.resample_pil(frames, box, (15, 18)).astype(np.float32)
     assert np.abs(ours - pil).max() <= 1.0
 
 
@@ -232,14 +233,14 @@ def test_person_region_spans_the_upper_body_with_margin_and_aspect():
     scores[:, [0, 5, 6, 7, 8, 9, 10]] = 0.9
     keypoints[:, 11], scores[:, 11] = [150, 120], 0.9
     keypoints[1, 9], scores[1, 9] = [0, 0], 0.1
-    box = pl.person_region(keypoints, scores, (128, 171), aspect_hw=(3, 4), margin=0.25)
+    box = rs.person_region(keypoints, scores, (128, 171), aspect_hw=(3, 4), margin=0.25)
     # 40 x 30 grown by 25 % each side -> 60 x 45, which already has the 4:3 aspect; centred on (60, 35).
     assert (box.left, box.top, box.width, box.height) == pytest.approx((30.0, 12.5, 60.0, 45.0))
     # Too big for the frame, or nothing confident: the whole frame.
     whole = (0.0, 0.0, 20.0, 30.0)
-    small = pl.person_region(keypoints, scores, (20, 30), aspect_hw=(3, 4), margin=0.25)
+    small = rs.person_region(keypoints, scores, (20, 30), aspect_hw=(3, 4), margin=0.25)
     assert (small.top, small.left, small.height, small.width) == whole
-    nothing = pl.person_region(keypoints, np.zeros_like(scores), (20, 30), aspect_hw=(3, 4), margin=0.25)
+    nothing = rs.person_region(keypoints, np.zeros_like(scores), (20, 30), aspect_hw=(3, 4), margin=0.25)
     assert (nothing.top, nothing.left, nothing.height, nothing.width) == whole
 
 
@@ -250,7 +251,7 @@ def test_person_region_crop_resamples_inside_the_region():
     record["keypoints"][:] = [4.0, 3.0]
     record["keypoints"][:, 5] = [12.0, 9.0]  # the upper-body box: x 4..12, y 3..9
     config = dataclasses.replace(SMALL_VIDEO, region="person", region_margin=0.0, resize=(6, 8), crop=(6, 8))
-    region = pl.person_region(record["keypoints"], record["keypoint_scores"], (HEIGHT, WIDTH), (6, 8), 0.0)
+    region = rs.person_region(record["keypoints"], record["keypoint_scores"], (HEIGHT, WIDTH), (6, 8), 0.0)
     assert (region.left, region.top, region.width, region.height) == (4.0, 3.0, 8.0, 6.0)
     out = _denormalize(pl.video_transform(config, train=False)(record, None)["video"], config)
     frames = pl.sample_frame_indices(CLIP_FRAMES, config.num_frames, None)

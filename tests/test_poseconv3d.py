@@ -22,10 +22,10 @@ from flax import nnx
 
 import checkpoints_convert
 from checkpoints_convert.api import from_state_dict, variable_shapes
-from checkpoints_convert.families import poseconv3d as family
 from checkpoints_convert.rules import ConversionError, map_state_dict
 from checkpoints_convert.torch_io import read_checkpoint
-from strokevision_jax.models import fast_init
+from strokevision_jax.models import fast_init, registry
+from strokevision_jax.models import poseconv3d as family
 from strokevision_jax.models import poseconv3d as pc3d
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "skeleton"
@@ -118,13 +118,13 @@ def test_full_size_manifest_maps_key_for_key():
     """The published 60-class config: every manifest key maps onto the model with the
     converted shape, no model variable is left over, and the parameter counts agree."""
     manifest = _manifest()
-    model = nnx.eval_shape(lambda: pc3d.poseconv3d(num_classes=60, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: registry.MODELS["poseconv3d"].build(num_classes=60, rngs=nnx.Rngs(0)))
     # Zero-strided stand-ins: shapes and dtypes of the manifest, no memory.
     fake = {key: np.broadcast_to(np.zeros((), entry["dtype"]), entry["shape"])
             for key, entry in manifest["state_dict"].items()}
     assert len(fake) == manifest["num_entries"] == 260
     targets = variable_shapes(model)
-    mapped = map_state_dict(family.TABLE, fake, targets)
+    mapped = map_state_dict(family.TORCH_KEYS.rules, fake, targets)
     assert set(mapped) == set(targets)
     skipped = [k for k in fake if k.endswith("num_batches_tracked")]
     assert len(mapped) + len(skipped) == len(fake)
@@ -171,7 +171,7 @@ def test_conv_kernels_are_transposed_to_thwio():
 @pytest.fixture(scope="module")
 def tiny():
     with fast_init():
-        return pc3d.poseconv3d(num_classes=4, preset="poseconv3d_tiny", rngs=nnx.Rngs(0))
+        return pc3d.PoseConv3D(dataclasses.replace(pc3d.PRESETS["tiny"], num_classes=4), rngs=nnx.Rngs(0))
 
 
 def test_tiny_preset_shapes_and_jit(tiny):
@@ -214,8 +214,8 @@ def test_config_validation_names_the_field():
         pc3d.PoseConv3DConfig(inflate=(0, (1, 0), 1))
     with pytest.raises(ValueError, match="out_indices"):
         pc3d.PoseConv3DConfig(out_indices=(3,))
-    with pytest.raises(ValueError, match="Unknown PoseConv3D preset"):
-        pc3d.poseconv3d(preset="big", rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="unknown config field.*stage_widths"):
+        registry.MODELS["poseconv3d"].build(stage_widths=(8,), rngs=nnx.Rngs(0))
     per_block = pc3d.PoseConv3DConfig(inflate=(0, (1, 0, 1, 0, 1, 0), 1))
     assert per_block.stage_inflations[1] == (1, 0, 1, 0, 1, 0)
     assert dataclasses.replace(per_block, out_indices=(1, 2)).feature_channels == 256 + 512

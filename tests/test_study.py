@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import folds, presets, report, study, study_report, train
-from strokevision_jax.data import dataset as dataset_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import presets, train
-from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data.pipeline import VideoConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from checkpoints_convert.families import video_resnet as video_resnet_family
 from checkpoints_convert.rules import map_state_dict
 from strokevision_jax.models import MODELS, fast_init
 from strokevision_jax.models import video_resnet as vr
@@ -124,12 +123,12 @@ def test_full_size_matches_torchvision_keys_and_counts(name):
     state_dict = {key: np.zeros(shape, np.float32) for key, shape in layout.items()}
     state_dict.update({key.replace("running_mean", "num_batches_tracked"): np.zeros((), np.int64)
                        for key in layout if key.endswith("running_mean")})
-    converted = map_state_dict(video_resnet_family.TABLE, state_dict, shapes(model))
+    converted = map_state_dict(vr.TORCH_KEYS.rules, state_dict, shapes(model))
     assert set(converted) == set(shapes(model))
 
 
 def test_table_examples():
-    rules = [r for r in video_resnet_family.TABLE if hasattr(r, "target")]
+    rules = [r for r in vr.TORCH_KEYS.rules if hasattr(r, "target")]
 
     def path(key):
         (found,) = [p for p in (r.apply(key) for r in rules) if p is not None]
@@ -142,7 +141,7 @@ def test_table_examples():
     assert path("stem.4.weight") == ("stem", 4, "scale")
     assert path("layer2.0.downsample.0.weight") == ("layer2", 0, "downsample", 0, "kernel")
     assert path("fc.weight") == ("fc", "kernel")
-    model = nnx.eval_shape(lambda: vr.r2plus1d_18(rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: MODELS["r2plus1d_18"].build(rngs=nnx.Rngs(0)))
     # (2+1)D middle widths: both convs of a block use the first conv's rule value.
     assert model.layer2[0].conv1[0][0].kernel.shape == (1, 3, 3, 64, 230)
     assert model.layer2[0].conv2[0][0].kernel.shape == (1, 3, 3, 128, 230)
@@ -179,15 +178,15 @@ def test_mid_planes_rule():
 
 
 def test_presets_and_width_rule():
-    assert vr.PRESETS["r2plus1d_18"] == vr.VideoResNetConfig()
-    assert vr.PRESETS["r2plus1d_18"].stage_widths == (64, 128, 256, 512)
-    assert vr.PRESETS["r2plus1d_18"].stem_mid_width == 45
-    assert vr.PRESETS["r2plus1d_18_cpu"].stage_widths == (16, 32, 64, 128)
-    assert vr.PRESETS["r2plus1d_18_cpu"].stem_mid_width == 11
-    assert vr.PRESETS["r2plus1d_18_tiny"].stem_mid_width == 5
-    assert vr.PRESETS["mc3_18_tiny"].stage_convs == ("3d", "no_temporal", "no_temporal",
-                                                    "no_temporal")
-    assert vr.PRESETS["r3d_18_cpu"].stem == "basic"
+    r2plus1d = MODELS["r2plus1d_18"].config
+    assert r2plus1d == vr.VideoResNetConfig()
+    assert r2plus1d.stage_widths == (64, 128, 256, 512)
+    assert r2plus1d.stem_mid_width == 45
+    assert MODELS["r2plus1d_18"].make_config(base_width=16).stage_widths == (16, 32, 64, 128)
+    assert MODELS["r2plus1d_18"].make_config(base_width=16).stem_mid_width == 11
+    assert MODELS["r2plus1d_18"].make_config(base_width=8).stem_mid_width == 5
+    assert MODELS["mc3_18"].config.stage_convs == ("3d", "no_temporal", "no_temporal", "no_temporal")
+    assert MODELS["r3d_18"].config.stem == "basic"
     with pytest.raises(ValueError, match="Unknown stage conv 'conv4d'"):
         vr.VideoResNetConfig(stage_convs=("conv4d",) * 4)
     with pytest.raises(ValueError, match="one entry per stage"):
@@ -299,9 +298,9 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32():
 
 
 def test_overrides_reach_the_config():
-    model = nnx.eval_shape(lambda: vr.r2plus1d_18(num_classes=4, base_width=16,
-                                                  rngs=nnx.Rngs(0)))
-    assert model.config == dataclasses.replace(vr.PRESETS["r2plus1d_18_cpu"], num_classes=4)
+    model = nnx.eval_shape(lambda: MODELS["r2plus1d_18"](num_classes=4, base_width=16,
+                                                         rngs=nnx.Rngs(0)))
+    assert model.config == dataclasses.replace(vr.VideoResNetConfig(), base_width=16, num_classes=4)
     assert model.fc.kernel.shape == (128, 4)
-    with pytest.raises(TypeError, match="widht"):
-        vr.r2plus1d_18(widht=3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="unknown config field.*widht.*base_width"):
+        MODELS["r2plus1d_18"](widht=3, rngs=nnx.Rngs(0))

@@ -1,7 +1,8 @@
-"""Layers shared by the video models."""
+"""Layers and initialisers shared by the model families."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,60 @@ from flax import nnx
 _DN3 = ("NDHWC", "DHWIO", "NDHWC")
 _DN2 = ("NHWC", "HWIO", "NHWC")
 _LECUN_NORMAL = nnx.initializers.lecun_normal()
+
+# ---------------------------------------------------------------------------
+# torch's initialisers, for models that start as their PyTorch originals do
+
+# kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated like torch's (torchvision's
+# video ResNets, mmcv's ConvModule).
+KAIMING_NORMAL_FAN_OUT = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# torch ConvNd / Linear default weight init: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+TORCH_DEFAULT_KERNEL = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_uniform(fan_in: int):
+    """torch's default bias (and Linear weight) init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def trunc_normal_02():
+    """timm / torchvision's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. +-100 std: a plain
+    normal in practice (jax's truncated_normal would cut at +-2 std)."""
+    return jax.nn.initializers.normal(0.02)
+
+
+# ---------------------------------------------------------------------------
+# Stochastic depth
+
+
+class StochasticDepth(nnx.Module):
+    """Drops a residual branch at random in training, scaling kept branches by 1 / (1 - rate):
+    torchvision's StochasticDepth(p, "row") and timm's / MotionBERT's DropPath.
+
+    `row_dims`: how many leading axes draw their own keep/drop (1: per sample; MotionBERT's
+    (B, T, J, C) layout: 2, per sample and frame, as upstream's DropPath on its (B T, J, C)).
+    A branch whose rate is 0 holds no random stream.
+    """
+
+    def __init__(self, rate: float, *, row_dims: int = 1, rngs: nnx.Rngs):
+        self.rate = rate
+        self.row_dims = row_dims
+        self.rngs = rngs["dropout"].fork() if rate > 0.0 else nnx.data(None)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        if not train or self.rate == 0.0:
+            return x
+        survival = 1.0 - self.rate
+        if survival == 0.0:
+            return jnp.zeros_like(x)
+        shape = x.shape[:self.row_dims] + (1,) * (x.ndim - self.row_dims)
+        keep = jax.random.bernoulli(self.rngs(), survival, shape)
+        return x * keep.astype(x.dtype) / jnp.asarray(survival, x.dtype)
 
 
 def _conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:

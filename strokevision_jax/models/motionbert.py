@@ -45,7 +45,7 @@ The published action configuration (MB_ft_NTU60_xsub: dim_feat = dim_rep = 512, 
 load_backbone passes none) is the default; `PRESETS["small"]` is 64 / 64 / depth 2 / 4 heads.
 
 Parameter paths follow upstream's state_dict (`backbone.*`, `head.*`) with these renames (the
-converter is checkpoints_convert/families/motionbert.py): `pre_logits.fc` -> `pre_logits`,
+converter is `TORCH_KEYS` below): `pre_logits.fc` -> `pre_logits`,
 LayerNorm `weight` -> `scale`, BatchNorm `weight` / `running_mean` / `running_var` ->
 `scale` / `mean` / `var`, Linear `weight` (out, in) -> `kernel` (in, out). The embeddings drop
 their singleton axes: `temp_embed` (1, maxlen, 1, C) -> (maxlen, C), `pos_embed` (1, J, C) ->
@@ -55,13 +55,16 @@ their singleton axes: `temp_embed` (1, maxlen, 1, C) -> (maxlen, C), `pos_embed`
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from strokevision_jax.models import layers
+from strokevision_jax.models.torch_keys import ConversionError, Ignore, Rule, TorchKeys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,31 +141,15 @@ PRESETS: dict[str, MotionBERTConfig] = {
 # Initialisers (upstream's: DSTformer._init_weights, torch defaults in the head)
 
 
-def _normal(std: float = 0.02):
-    # upstream's trunc_normal_(std=0.02) cuts at +-2 absolute (100 std): a plain normal.
-    # jax's truncated_normal would cut at +-2 std.
-    return jax.nn.initializers.normal(std)
-
-
-def _torch_uniform(fan_in: int):
-    """torch nn.Linear's default init of weight and bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
 def _linear(cfg: MotionBERTConfig, din: int, dout: int, rngs: nnx.Rngs, *, use_bias: bool = True,
             kernel_init=None, bias_init=None) -> nnx.Linear:
-    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init or _normal(),
+    return nnx.Linear(din, dout, use_bias=use_bias, kernel_init=kernel_init or layers.trunc_normal_02(),
                       bias_init=bias_init or jax.nn.initializers.zeros, dtype=cfg.dtype,
                       param_dtype=cfg.param_dtype, rngs=rngs)
 
 
 def _head_linear(cfg: MotionBERTConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
-    init = _torch_uniform(din)
+    init = layers.torch_default_uniform(din)
     return _linear(cfg, din, dout, rngs, kernel_init=init, bias_init=init)
 
 
@@ -174,24 +161,6 @@ def _layer_norm(cfg: MotionBERTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 # ---------------------------------------------------------------------------
 # Layers. Activations inside the backbone are (B, T, J, C), B = N * M.
-
-
-class DropPath(nnx.Module):
-    """Stochastic depth per (B, T) row of a (B, T, J, C) branch: upstream's DropPath on its
-    (B T, J, C) layout. Kept rows are scaled by 1 / (1 - rate)."""
-
-    def __init__(self, rate: float, *, rngs: nnx.Rngs):
-        self.rate = rate
-        self.rngs = rngs["dropout"].fork() if rate > 0.0 else nnx.data(None)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        survival = 1.0 - self.rate
-        if survival == 0.0:
-            return jnp.zeros_like(x)
-        keep = jax.random.bernoulli(self.rngs(), survival, x.shape[:2] + (1,) * (x.ndim - 2))
-        return x * keep.astype(x.dtype) / jnp.asarray(survival, x.dtype)
 
 
 class Attention(nnx.Module):
@@ -257,7 +226,7 @@ class Block(nnx.Module):
         self.norm2_t = _layer_norm(cfg, rngs)
         self.mlp_s = MLP(cfg, rngs=rngs)
         self.mlp_t = MLP(cfg, rngs=rngs)
-        self.drop_path = DropPath(drop_path, rngs=rngs)
+        self.drop_path = layers.StochasticDepth(drop_path, row_dims=2, rngs=rngs)
 
     def _spatial(self, x: jax.Array, train: bool) -> jax.Array:
         x = x + self.drop_path(self.attn_s(self.norm1_s(x), train=train), train=train)
@@ -280,9 +249,9 @@ class DSTformer(nnx.Module):
     def __init__(self, cfg: MotionBERTConfig, *, rngs: nnx.Rngs):
         self.config = cfg
         self.joints_embed = _linear(cfg, cfg.dim_in, cfg.dim_feat, rngs)
-        self.pos_embed = nnx.Param(_normal()(rngs.params(), (cfg.num_joints, cfg.dim_feat),
+        self.pos_embed = nnx.Param(layers.trunc_normal_02()(rngs.params(), (cfg.num_joints, cfg.dim_feat),
                                              cfg.param_dtype))
-        self.temp_embed = nnx.Param(_normal()(rngs.params(), (cfg.maxlen, cfg.dim_feat),
+        self.temp_embed = nnx.Param(layers.trunc_normal_02()(rngs.params(), (cfg.maxlen, cfg.dim_feat),
                                               cfg.param_dtype))
         self.pos_drop = nnx.Dropout(cfg.drop_rate, rngs=rngs)
         rates = cfg.drop_path_rates
@@ -437,25 +406,147 @@ class MotionBERT(nnx.Module):
 
 
 # ---------------------------------------------------------------------------
-# Factories
+# The PyTorch side: the converter's key table (`TORCH_KEYS`)
+#
+# MotionBERT action models (DSTformer + ActionNet "class" head) as train_action.py saves them.
+#
+# Files: `{'model': state_dict, 'epoch', 'lr', 'optimizer', 'best_acc'}` (the reader unwraps
+# `model`), keys `backbone.*` / `head.*`, with the `module.` prefix of nn.DataParallel (GPU
+# training) or without it (CPU training); `prepare` strips it.
+#
+# The NNX model nests as upstream's (see strokevision_jax/models/motionbert.py) with these
+# renames: `pre_logits.fc` -> `pre_logits`, LayerNorm / BatchNorm `weight` -> `scale`, BatchNorm
+# `running_mean` / `running_var` -> `mean` / `var`; Linear (out, in) -> kernel (in, out).
+# `temp_embed` (1, maxlen, 1, C) -> (maxlen, C) and `pos_embed` (1, J, C) -> (J, C). A model built
+# with a smaller maxlen takes the first maxlen rows of `temp_embed`: exactly what upstream uses on
+# clips that short (it slices `temp_embed[:, :T]`).
+#
+# `backbone.head` (upstream's 3D pose output Linear(dim_rep, 3)) is unused by the action model,
+# but it is a parameter of upstream's model and its checkpoints (and counts in its 60.4M), so the
+# NNX model keeps it too and it is converted like any other weight.
+#
+# The architecture is not stored in the file except through the shapes; `check_fixed` reads the
+# sizes off the shapes and, when they are not the model's, names the config to pass (num_heads
+# does not show in any shape: it must be given when it is not the published 8).
+
+_PREFIX = "module."
 
 
-def _build(preset: str, num_classes: int, rngs: nnx.Rngs, overrides: dict) -> MotionBERT:
-    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(MotionBERTConfig)})
-    if unknown:
-        raise TypeError(f"unknown MotionBERT config fields: {', '.join(unknown)} (the fields "
-                        f"are MotionBERTConfig's, named as upstream's DSTformer/ActionNet "
-                        f"arguments).")
-    config = dataclasses.replace(PRESETS[preset], num_classes=num_classes, **overrides)
-    return MotionBERT(config, rngs=rngs)
+def prepare(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Strips nn.DataParallel's `module.` prefix (present or not, per key)."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in state_dict.items():
+        name = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
+        if name in out:
+            raise ConversionError(f"{name!r} appears both with and without the {_PREFIX!r} "
+                                  "prefix: the state_dict mixes two models")
+        out[name] = value
+    if "head.fc1.weight" in out and "head.fc2.weight" not in out:
+        raise ConversionError("this is an ActionNet(version='embed') checkpoint (head.fc1 only, "
+                              "the one-shot embedding head); only version='class' is supported")
+    return out
 
 
-def motionbert(*, num_classes: int = 60, rngs: nnx.Rngs, **overrides) -> MotionBERT:
-    """MotionBERT as fine-tuned on NTU-60 xsub (dim 512, depth 5, 8 heads, 60.4M parameters);
-    `overrides` are MotionBERTConfig fields (e.g. depth=2, dtype=jnp.bfloat16)."""
-    return _build("ntu60_xsub", num_classes, rngs, overrides)
+def _drop_singletons(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """pos_embed (1, J, C) -> (J, C)."""
+    if value.ndim != 3 or value.shape[0] != 1:
+        raise ConversionError(f"expected a (1, J, C) embedding, got shape {value.shape}")
+    return value[0]
 
 
-def motionbert_small(*, num_classes: int = 60, rngs: nnx.Rngs, **overrides) -> MotionBERT:
-    """dim_feat = dim_rep = 64, depth 2, 4 heads (the parity fixture's size)."""
-    return _build("small", num_classes, rngs, overrides)
+def _temp_embed(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """temp_embed (1, L, 1, C) -> (maxlen, C): the first maxlen rows (maxlen <= L)."""
+    if value.ndim != 4 or value.shape[0] != 1 or value.shape[2] != 1:
+        raise ConversionError(f"expected a (1, maxlen, 1, C) temporal embedding, got shape "
+                              f"{value.shape}")
+    table = value[0, :, 0]
+    if table.shape[0] < shape[0]:
+        raise ConversionError(f"the checkpoint's temporal embedding has {table.shape[0]} frames, "
+                              f"the model maxlen={shape[0]}: build it with maxlen <= "
+                              f"{table.shape[0]}")
+    return table[: shape[0]]
+
+
+_BLOCK = r"backbone\.(blocks_st|blocks_ts)\.(\d+)"
+
+_TORCH_RULES = (
+    Rule(r"backbone\.temp_embed", "backbone.temp_embed", _temp_embed),
+    Rule(r"backbone\.pos_embed", "backbone.pos_embed", _drop_singletons),
+    Rule(r"backbone\.(joints_embed|head)\.weight", "backbone.{0}.kernel", "linear"),
+    Rule(r"backbone\.(joints_embed|head)\.bias", "backbone.{0}.bias"),
+    Rule(rf"{_BLOCK}\.(norm[12]_[st])\.weight", "backbone.{0}.{1}.{2}.scale"),
+    Rule(rf"{_BLOCK}\.(norm[12]_[st])\.bias", "backbone.{0}.{1}.{2}.bias"),
+    Rule(rf"{_BLOCK}\.(attn_[st])\.(qkv|proj)\.weight", "backbone.{0}.{1}.{2}.{3}.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.(attn_[st])\.(qkv|proj)\.bias", "backbone.{0}.{1}.{2}.{3}.bias"),
+    Rule(rf"{_BLOCK}\.(mlp_[st])\.(fc[12])\.weight", "backbone.{0}.{1}.{2}.{3}.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.(mlp_[st])\.(fc[12])\.bias", "backbone.{0}.{1}.{2}.{3}.bias"),
+    Rule(r"backbone\.ts_attn\.(\d+)\.weight", "backbone.ts_attn.{0}.kernel", "linear"),
+    Rule(r"backbone\.ts_attn\.(\d+)\.bias", "backbone.ts_attn.{0}.bias"),
+    Rule(r"backbone\.norm\.weight", "backbone.norm.scale"),
+    Rule(r"backbone\.norm\.bias", "backbone.norm.bias"),
+    Rule(r"backbone\.pre_logits\.fc\.weight", "backbone.pre_logits.kernel", "linear"),
+    Rule(r"backbone\.pre_logits\.fc\.bias", "backbone.pre_logits.bias"),
+    Rule(r"head\.(fc[12])\.weight", "head.{0}.kernel", "linear"),
+    Rule(r"head\.(fc[12])\.bias", "head.{0}.bias"),
+    Rule(r"head\.bn\.weight", "head.bn.scale"),
+    Rule(r"head\.bn\.bias", "head.bn.bias"),
+    Rule(r"head\.bn\.running_mean", "head.bn.mean"),
+    Rule(r"head\.bn\.running_var", "head.bn.var"),
+    Ignore(r"head\.bn\.num_batches_tracked",
+           "BatchNorm's step counter: torch reads it only with momentum=None (a cumulative "
+           "average); upstream's BatchNorm1d has momentum 0.1"),
+)
+_TORCH_HEAD = ("head.fc2.weight", "head.fc2.bias")
+
+
+def checkpoint_sizes(state_dict: Mapping[str, np.ndarray]) -> dict[str, tuple[int, str]]:
+    """{config field: (value, key it was read from)} for the sizes the shapes reveal."""
+    shapes = {key: tuple(np.shape(value)) for key, value in state_dict.items()}
+    found: dict[str, tuple[int, str]] = {}
+
+    def read(field: str, key: str, axis: int) -> None:
+        if key in shapes and len(shapes[key]) > axis:
+            found[field] = (shapes[key][axis], key)
+
+    read("dim_feat", "backbone.joints_embed.weight", 0)
+    read("dim_in", "backbone.joints_embed.weight", 1)
+    read("dim_rep", "backbone.pre_logits.fc.weight", 0)
+    read("dim_out", "backbone.head.weight", 0)
+    read("num_joints", "backbone.pos_embed", 1)
+    read("hidden_dim", "head.fc1.weight", 0)
+    blocks = {int(key.split(".")[2]) for key in shapes if key.startswith("backbone.blocks_st.")}
+    if blocks:
+        found["depth"] = (max(blocks) + 1, "backbone.blocks_st.*")
+    hidden = shapes.get("backbone.blocks_st.0.mlp_s.fc1.weight")
+    if hidden and "dim_feat" in found:
+        found["mlp_ratio"] = (hidden[0] / found["dim_feat"][0], "backbone.blocks_st.0.mlp_s.fc1.weight")
+    return found
+
+
+def check_fixed(state_dict: Mapping[str, np.ndarray], model) -> dict[str, np.ndarray]:
+    """Raises ConversionError naming the config to pass when the checkpoint's sizes are not
+    the model's (rather than a list of every mis-shaped tensor); returns the state_dict."""
+    config = model.config
+    sizes = checkpoint_sizes(state_dict)
+    # mlp_ratio: compare the hidden widths (upstream truncates dim_feat * mlp_ratio to int)
+    ours = {field: getattr(config, field) for field in sizes}
+    if "mlp_ratio" in sizes and config.mlp_hidden == round(sizes["mlp_ratio"][0] * config.dim_feat):
+        ours["mlp_ratio"] = sizes["mlp_ratio"][0]
+    wrong = {field: (value, key) for field, (value, key) in sizes.items() if value != ours[field]}
+    if "backbone.ts_attn.0.weight" in state_dict and not config.att_fuse:
+        wrong["att_fuse"] = (True, "backbone.ts_attn.*")
+    elif "backbone.ts_attn.0.weight" not in state_dict and config.att_fuse and sizes:
+        wrong["att_fuse"] = (False, "backbone.ts_attn.* (absent)")
+    if not wrong:
+        return dict(state_dict)
+    found = ", ".join(f"{field}={value} (from {key})" for field, (value, key) in wrong.items())
+    built = ", ".join(f"{field}={getattr(config, field)}" for field in wrong)
+    kwargs = ", ".join(f"{field}={value!r}" for field, (value, _) in wrong.items())
+    raise ConversionError(
+        f"the checkpoint's architecture is not the model's: the checkpoint has {found}; the "
+        f"model was built with {built}. Pass them as config, e.g. load_torch_checkpoint("
+        f"name, path, {kwargs}, num_heads=...) (num_heads is in no tensor shape: give "
+        f"the one the checkpoint was trained with; the published model uses 8)")
+
+
+TORCH_KEYS = TorchKeys(rules=_TORCH_RULES, head=_TORCH_HEAD, prepare=prepare, check_fixed=check_fixed)

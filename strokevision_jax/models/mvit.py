@@ -19,7 +19,7 @@ normalised frames.
 - Head: final LayerNorm, the class token, dropout, linear.
 
 State paths follow torchvision's state_dict with a few renames (the table is
-`checkpoints_convert/families/mvit.py`): `attn.project.0` -> `attn.project`,
+`TORCH_KEYS` below): `attn.project.0` -> `attn.project`,
 `attn.pool_q.pool` / `.norm_act.0` -> `attn.pool_q.kernel` / `.norm`, `mlp.0` / `mlp.3` ->
 `mlp.fc1` / `mlp.fc2`, `head.1` -> `head`, LayerNorm `weight` -> `scale`. The v1 spatial
 position encoding is stored as an `(H', W', C)` grid instead of torchvision's `(H'W', C)`
@@ -48,7 +48,6 @@ weights transfer to another clip size is another question (fine-tune).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -58,7 +57,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-Triple = tuple[int, int, int]
+from strokevision_jax.models import layers
+from strokevision_jax.models.mvit_attention import (
+    MultiscaleAttention,
+    Triple,
+    layer_norm,
+    linear,
+    max_pool_skip,
+)
+from strokevision_jax.models.resize import resize_grid, resize_rows
+from strokevision_jax.models.torch_keys import ConversionError, Rule, TorchKeys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,107 +200,14 @@ class MViTConfig:
                      if i == len(blocks) - 1 or math.prod(blocks[i + 1].stride_q) > 1)
 
 
-_ARCHITECTURES: dict[str, MViTConfig] = {
-    "mvit_v1_b": MViTConfig(block_setting=V1_B_BLOCKS, residual_pool=False,
-                            rel_pos_embed=False, proj_after_attn=False),
-    "mvit_v2_s": MViTConfig(),
-}
-
-
-# ---------------------------------------------------------------------------
-# Resampling (numpy constants; also used by the checkpoint converter)
-
-
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) matrix of torch's `F.interpolate(mode="linear", align_corners=False)`."""
-    # Source positions in float32 arithmetic, as torch's CPU kernel computes them.
-    matrix = np.zeros((out_size, in_size), np.float32)
-    scale = np.float32(in_size / out_size)
-    for i in range(out_size):
-        src = max(scale * np.float32(i + 0.5) - np.float32(0.5), np.float32(0.0))
-        i0 = min(int(src), in_size - 1)
-        i1 = min(i0 + 1, in_size - 1)
-        lam = np.float32(src - np.float32(i0))
-        matrix[i, i0] += np.float32(1.0) - lam
-        matrix[i, i1] += lam
-    return matrix
-
-
-def _cubic_aa(x: float, a: float = -0.5) -> float:
-    x = abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    if x < 2.0:
-        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return 0.0
-
-
-def bicubic_aa_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """(out, in) matrix of torch's `F.interpolate(mode="bicubic", antialias=True,
-    align_corners=False)` along one axis (PIL's filter: a = -0.5, widened when shrinking)."""
-    matrix = np.zeros((out_size, in_size), np.float64)
-    scale = in_size / out_size
-    support = 2.0 * scale if scale >= 1.0 else 2.0
-    inv = 1.0 / scale if scale >= 1.0 else 1.0
-    for i in range(out_size):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        weights = np.array([_cubic_aa((j - center + 0.5) * inv) for j in range(lo, hi)])
-        matrix[i, lo:hi] = weights / weights.sum()
-    return matrix
-
-
-def resize_rows(value: np.ndarray, size: int) -> np.ndarray:
-    """Linear resize of axis 0 (torchvision's `_interpolate`); the identity at equal size."""
-    if value.shape[0] == size:
-        return value
-    out = linear_resize_matrix(value.shape[0], size) @ value.reshape(value.shape[0], -1)
-    return out.reshape(size, *value.shape[1:]).astype(value.dtype)
-
-
-def resize_grid(value: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic antialiased resize of axes 0, 1 of an (H, W, C) grid; identity at equal size."""
-    if tuple(value.shape[:2]) == tuple(size):
-        return value
-    rows = bicubic_aa_resize_matrix(value.shape[0], size[0])
-    cols = bicubic_aa_resize_matrix(value.shape[1], size[1])
-    out = np.einsum("ih,jw,hwc->ijc", rows, cols, value.astype(np.float64))
-    return out.astype(value.dtype)
+# torchvision's two Kinetics-400 architectures (the registry names them).
+V1_B = MViTConfig(block_setting=V1_B_BLOCKS, residual_pool=False, rel_pos_embed=False,
+                  proj_after_attn=False)
+V2_S = MViTConfig()
 
 
 # ---------------------------------------------------------------------------
 # Layers
-
-
-def _normal(std: float = 0.02):
-    # torchvision's trunc_normal_(std=0.02) truncates at +-2 (absolute, i.e. +-100 std): a
-    # plain normal in practice. jax's truncated_normal would cut at +-2 std.
-    return jax.nn.initializers.normal(std)
-
-
-# torch's default Conv init: weight and bias uniform in +-1/sqrt(fan_in).
-_conv_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _conv_bias_init(fan_in: int):
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def _linear(cfg: MViTConfig, in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(in_features, out_features, kernel_init=_normal(),
-                      bias_init=jax.nn.initializers.zeros, dtype=cfg.dtype,
-                      param_dtype=cfg.param_dtype, rngs=rngs)
-
-
-def _layer_norm(cfg: MViTConfig, features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(features, epsilon=cfg.norm_eps, dtype=cfg.dtype,
-                         param_dtype=cfg.param_dtype, rngs=rngs)
 
 
 class PatchEmbed(nnx.Module):
@@ -307,9 +222,9 @@ class PatchEmbed(nnx.Module):
     def __init__(self, cfg: MViTConfig, out_features: int, *, rngs: nnx.Rngs, in_features: int = 3):
         kernel = cfg.patch_embed_kernel
         fan_in = in_features * math.prod(kernel)
-        self.kernel = nnx.Param(_conv_kernel_init(rngs.params(), (*kernel, in_features, out_features),
+        self.kernel = nnx.Param(layers.TORCH_DEFAULT_KERNEL(rngs.params(), (*kernel, in_features, out_features),
                                                   cfg.param_dtype))
-        self.bias = nnx.Param(_conv_bias_init(fan_in)(rngs.params(), (out_features,), cfg.param_dtype))
+        self.bias = nnx.Param(layers.torch_default_uniform(fan_in)(rngs.params(), (out_features,), cfg.param_dtype))
         self.strides = cfg.patch_embed_stride
         self.padding = cfg.patch_embed_padding
         self.dtype = cfg.dtype
@@ -333,7 +248,7 @@ class PositionalEncoding(nnx.Module):
     """Class token, plus (v1) spatial (H', W', C), temporal (T', C) and class encodings."""
 
     def __init__(self, cfg: MViTConfig, embed: int, *, rngs: nnx.Rngs):
-        init = _normal()
+        init = layers.trunc_normal_02()
         t, h, w = cfg.token_grid
         self.class_token = nnx.Param(init(rngs.params(), (embed,), cfg.param_dtype))
         self.absolute = not cfg.rel_pos_embed
@@ -361,188 +276,12 @@ class PositionalEncoding(nnx.Module):
         return jnp.concatenate([cls, x], axis=1)
 
 
-class StochasticDepth(nnx.Module):
-    """torchvision's StochasticDepth(p, "row"): drops the whole branch per sample."""
-
-    def __init__(self, rate: float, *, rngs: nnx.Rngs):
-        self.rate = rate
-        self.rngs = rngs["dropout"].fork() if rate > 0.0 else nnx.data(None)
-
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        survival = 1.0 - self.rate
-        keep = jax.random.bernoulli(self.rngs(), survival, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return x * keep.astype(x.dtype) / jnp.asarray(survival, x.dtype) if survival > 0 else x * 0
-
-
-def _pool_out(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
-
-
-class Pool(nnx.Module):
-    """Per-head pooling of (B, heads, 1 + THW, d): depthwise Conv3d (no bias) then LayerNorm
-    over d; the class token skips the convolution but not the norm."""
-
-    def __init__(self, cfg: MViTConfig, dim: int, kernel: Sequence[int], stride: Sequence[int], *,
-                 rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_conv_kernel_init(rngs.params(), (*kernel, 1, dim), cfg.param_dtype))
-        self.strides = tuple(stride)
-        self.padding = tuple(k // 2 for k in kernel)
-        self.norm = _layer_norm(cfg, dim, rngs)
-        self.dtype = cfg.dtype
-
-    def __call__(self, x: jax.Array, thw: Triple) -> tuple[jax.Array, Triple]:
-        x, thw = _pool_tokens(x, thw, self.kernel[...].astype(self.dtype), self.strides, self.padding)
-        return self.norm(x), thw
-
-
-def _pool_tokens(x: jax.Array, thw: Triple, kernel: jax.Array, strides: Triple,
-                 padding: Triple) -> tuple[jax.Array, Triple]:
-    """Depthwise-convolves the grid tokens of (B, heads, 1 + THW, C); the class token passes."""
-    b, heads, _, c = x.shape
-    cls, grid = x[:, :, :1], x[:, :, 1:].reshape(b * heads, *thw, c)
-    grid = _depthwise_conv3d(grid, kernel, strides, padding)
-    new_thw = tuple(grid.shape[1:4])
-    return jnp.concatenate([cls, grid.reshape(b, heads, -1, c)], axis=2), new_thw
-
-
-def _depthwise_conv3d(x: jax.Array, kernel: jax.Array, strides: Triple, padding: Triple) -> jax.Array:
-    """Depthwise 3D convolution of (B, T, H, W, C) with a (kt, kh, kw, 1, C) kernel, as a sum
-    of strided slices. XLA on CPU runs grouped 3D convolutions slowly: with them the whole
-    mvit_v2_s forward took 10x as long (2 x 8 x 112 x 112: 3.9 s instead of 0.3 s)."""
-    kt, kh, kw = kernel.shape[:3]
-    t, h, w = x.shape[1:4]
-    x = jnp.pad(x, ((0, 0), *((p, p) for p in padding), (0, 0)))
-    outs = [_pool_out(size, k, s, p) for size, k, s, p in zip((t, h, w), (kt, kh, kw), strides, padding)]
-    (st, sh, sw), (ot, oh, ow) = strides, outs
-    out = None
-    for i in range(kt):
-        for j in range(kh):
-            for k in range(kw):
-                tap = x[:, i: i + st * (ot - 1) + 1: st, j: j + sh * (oh - 1) + 1: sh,
-                        k: k + sw * (ow - 1) + 1: sw] * kernel[i, j, k, 0]
-                out = tap if out is None else out + tap
-    return out
-
-
-def _max_pool_skip(x: jax.Array, thw: Triple, stride: Sequence[int]) -> jax.Array:
-    """torchvision's pool_skip: MaxPool3d(kernel s + 1 (s > 1), stride s, padding k // 2) over
-    the grid tokens of (B, 1 + THW, C); the class token passes through."""
-    kernel = tuple(s + 1 if s > 1 else s for s in stride)
-    padding = tuple(k // 2 for k in kernel)
-    b, _, c = x.shape
-    cls, grid = x[:, :1], x[:, 1:].reshape(b, *thw, c)
-    grid = jax.lax.reduce_window(grid, -jnp.inf, jax.lax.max, (1, *kernel, 1), (1, *stride, 1),
-                                 ((0, 0), *((p, p) for p in padding), (0, 0)))
-    return jnp.concatenate([cls, grid.reshape(b, -1, c)], axis=1)
-
-
-@functools.cache
-def _rel_pos_index(q: int, k: int) -> np.ndarray:
-    """torchvision's distance index (q, k) into a table of 2 max(q, k) - 1 rows (computed in
-    float32 and truncated, as torch does)."""
-    q_ratio, k_ratio = np.float32(max(k / q, 1.0)), np.float32(max(q / k, 1.0))
-    dist = (np.arange(q, dtype=np.float32)[:, None] * q_ratio
-            - (np.arange(k, dtype=np.float32)[None, :] + np.float32(1.0 - k)) * k_ratio)
-    return dist.astype(np.int64)
-
-
-def _rel_table(table: jax.Array, q: int, k: int) -> jax.Array:
-    """(q, k, d) embeddings: the table interpolated to 2 max(q, k) - 1 rows (if needed) and
-    gathered at torchvision's distance index."""
-    rows = 2 * max(q, k) - 1
-    if table.shape[0] != rows:
-        matrix = linear_resize_matrix(table.shape[0], rows).astype(np.float32)
-        table = jnp.asarray(matrix, table.dtype) @ table
-    return table[_rel_pos_index(q, k)]
-
-
-def _add_rel_pos(attn: jax.Array, q: jax.Array, q_thw: Triple, k_thw: Triple,
-                 tables: tuple[jax.Array, jax.Array, jax.Array]) -> jax.Array:
-    """Adds v2's decomposed relative position terms q . R to the (B, h, 1 + Nq, 1 + Nk) logits
-    (not to the class token's rows / columns)."""
-    rel_h, rel_w, rel_t = tables
-    (qt, qh, qw), (kt, kh, kw) = q_thw, k_thw
-    b, heads, _, d = q.shape
-    r_q = q[:, :, 1:].reshape(b, heads, qt, qh, qw, d)
-    rh = jnp.einsum("bnthwc,hkc->bnthwk", r_q, _rel_table(rel_h, qh, kh))
-    rw = jnp.einsum("bnthwc,wkc->bnthwk", r_q, _rel_table(rel_w, qw, kw))
-    rt = jnp.einsum("bnthwc,tkc->bnthwk", r_q, _rel_table(rel_t, qt, kt))
-    rel = (rt[..., :, None, None] + rh[..., None, :, None] + rw[..., None, None, :])
-    rel = rel.reshape(b, heads, qt * qh * qw, kt * kh * kw)
-    return attn + jnp.pad(rel, ((0, 0), (0, 0), (1, 0), (1, 0)))
-
-
-class MultiscaleAttention(nnx.Module):
-    def __init__(self, cfg: MViTConfig, input_size: Sequence[int], embed_dim: int, output_dim: int,
-                 block: MSBlockConfig, *, rngs: nnx.Rngs):
-        self.num_heads = block.num_heads
-        self.head_dim = output_dim // block.num_heads
-        self.output_dim = output_dim
-        self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.residual_pool = cfg.residual_pool
-        self.residual_with_cls_embed = cfg.residual_with_cls_embed
-        self.dtype = cfg.dtype
-        self.qkv = _linear(cfg, embed_dim, 3 * output_dim, rngs)
-        self.project = _linear(cfg, output_dim, output_dim, rngs)
-        self.dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
-        pool_q = pool_k = pool_v = None
-        if math.prod(block.kernel_q) > 1 or math.prod(block.stride_q) > 1:
-            pool_q = Pool(cfg, self.head_dim, block.kernel_q, block.stride_q, rngs=rngs)
-        if math.prod(block.kernel_kv) > 1 or math.prod(block.stride_kv) > 1:
-            pool_k = Pool(cfg, self.head_dim, block.kernel_kv, block.stride_kv, rngs=rngs)
-            pool_v = Pool(cfg, self.head_dim, block.kernel_kv, block.stride_kv, rngs=rngs)
-        self.pool_q: Pool | None = nnx.data(pool_q)
-        self.pool_k: Pool | None = nnx.data(pool_k)
-        self.pool_v: Pool | None = nnx.data(pool_v)
-        self.rel_pos = cfg.rel_pos_embed
-        if self.rel_pos:
-            size = max(input_size[1:])
-            q_size = size // block.stride_q[1] if block.stride_q else size
-            kv_size = size // block.stride_kv[1] if block.stride_kv else size
-            spatial, temporal = 2 * max(q_size, kv_size) - 1, 2 * input_size[0] - 1
-            init = _normal()
-            self.rel_pos_h = nnx.Param(init(rngs.params(), (spatial, self.head_dim), cfg.param_dtype))
-            self.rel_pos_w = nnx.Param(init(rngs.params(), (spatial, self.head_dim), cfg.param_dtype))
-            self.rel_pos_t = nnx.Param(init(rngs.params(), (temporal, self.head_dim), cfg.param_dtype))
-
-    def __call__(self, x: jax.Array, thw: Triple, *, train: bool) -> tuple[jax.Array, Triple]:
-        b, n, _ = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
-        q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # 3 x (B, heads, N, d)
-        k_thw = thw
-        if self.pool_k is not None:
-            # k and v share kernel size and stride: one depthwise conv over [k, v] (2d channels),
-            # then each its own LayerNorm.
-            pool_k, pool_v, d = self.pool_k, self.pool_v, self.head_dim
-            kernel = jnp.concatenate([pool_k.kernel[...], pool_v.kernel[...]], axis=-1)
-            kv, k_thw = _pool_tokens(jnp.concatenate([k, v], axis=-1), thw,
-                                     kernel.astype(self.dtype), pool_k.strides, pool_k.padding)
-            k, v = pool_k.norm(kv[..., :d]), pool_v.norm(kv[..., d:])
-        if self.pool_q is not None:
-            q, thw = self.pool_q(q, thw)
-        attn = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
-        if self.rel_pos:
-            tables = tuple(t[...].astype(q.dtype) for t in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_t))
-            attn = _add_rel_pos(attn, q, thw, k_thw, tables)
-        attn = jax.nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
-        x = jnp.einsum("bhqk,bhkd->bhqd", attn, v)
-        if self.residual_pool:
-            if self.residual_with_cls_embed:
-                x = x + q
-            else:
-                x = x + jnp.pad(q[:, :, 1:], ((0, 0), (0, 0), (1, 0), (0, 0)))
-        x = jnp.transpose(x, (0, 2, 1, 3)).reshape(b, -1, self.output_dim)
-        return self.dropout(self.project(x), deterministic=not train), thw
-
-
 class Mlp(nnx.Module):
     """torchvision's MLP(dim, [4 dim, out], GELU): fc1, GELU, dropout, fc2, dropout."""
 
     def __init__(self, cfg: MViTConfig, dim: int, out: int, *, rngs: nnx.Rngs):
-        self.fc1 = _linear(cfg, dim, 4 * dim, rngs)
-        self.fc2 = _linear(cfg, 4 * dim, out, rngs)
+        self.fc1 = linear(cfg, dim, 4 * dim, rngs)
+        self.fc2 = linear(cfg, 4 * dim, out, rngs)
         self.dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -556,15 +295,15 @@ class MultiscaleBlock(nnx.Module):
         self.proj_after_attn = cfg.proj_after_attn
         attn_dim = block.output_channels if cfg.proj_after_attn else block.input_channels
         self.skip_stride = block.stride_q if math.prod(block.stride_q) > 1 else None
-        self.norm1 = _layer_norm(cfg, block.input_channels, rngs)
-        self.norm2 = _layer_norm(cfg, attn_dim, rngs)
+        self.norm1 = layer_norm(cfg, block.input_channels, rngs)
+        self.norm2 = layer_norm(cfg, attn_dim, rngs)
         self.attn = MultiscaleAttention(cfg, input_size, block.input_channels, attn_dim, block,
                                         rngs=rngs)
         self.mlp = Mlp(cfg, attn_dim, block.output_channels, rngs=rngs)
-        self.stochastic_depth = StochasticDepth(stochastic_depth_prob, rngs=rngs)
+        self.stochastic_depth = layers.StochasticDepth(stochastic_depth_prob, rngs=rngs)
         project = None
         if block.input_channels != block.output_channels:
-            project = _linear(cfg, block.input_channels, block.output_channels, rngs)
+            project = linear(cfg, block.input_channels, block.output_channels, rngs)
         self.project: nnx.Linear | None = nnx.data(project)
 
     def __call__(self, x: jax.Array, thw: Triple, *, train: bool) -> tuple[jax.Array, Triple]:
@@ -573,7 +312,7 @@ class MultiscaleBlock(nnx.Module):
         if self.project is not None and self.proj_after_attn:
             x = self.project(x_norm1)
         if self.skip_stride is not None:
-            x = _max_pool_skip(x, thw, self.skip_stride)
+            x = max_pool_skip(x, thw, self.skip_stride)
         x = x + self.stochastic_depth(x_attn, train=train)
         x_norm2 = self.norm2(x)
         if self.project is not None and not self.proj_after_attn:
@@ -598,9 +337,9 @@ class MViT(nnx.Module):
             self.blocks.append(MultiscaleBlock(config, input_size, block, rate, rngs=rngs))
             if block.stride_q:
                 input_size = [size // stride for size, stride in zip(input_size, block.stride_q)]
-        self.norm = _layer_norm(config, blocks[-1].output_channels, rngs)
+        self.norm = layer_norm(config, blocks[-1].output_channels, rngs)
         self.head_dropout = nnx.Dropout(config.dropout, rngs=rngs)
-        self.head = _linear(config, blocks[-1].output_channels, config.num_classes, rngs)
+        self.head = linear(config, blocks[-1].output_channels, config.num_classes, rngs)
         self.stage_ends = config.stage_ends
 
     def features(self, video: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
@@ -628,19 +367,96 @@ class MViT(nnx.Module):
 
 
 # ---------------------------------------------------------------------------
-# Factories (torchvision names)
+# The PyTorch side: the converter's key table (`TORCH_KEYS`)
+#
+# torchvision's Multiscale Vision Transformers (`mvit_v1_b`, `mvit_v2_s`).
+#
+# The NNX modules nest as torchvision's, with the renames listed in
+# `strokevision_jax/models/mvit.py` (`attn.project.0` -> `attn.project`, `pool_q.pool` /
+# `pool_q.norm_act.0` -> `pool_q.kernel` / `pool_q.norm`, `mlp.0` / `mlp.3` -> `mlp.fc1` /
+# `mlp.fc2`, `head.1` -> `head`). Kernels are transposed: Conv3d (O, I, T, H, W) ->
+# (T, H, W, I, O) (the depthwise pooling convs' (d, 1, 3, 3, 3) -> (3, 3, 3, 1, d)),
+# Linear (O, I) -> (I, O).
+#
+# Position parameters depend on the clip size the model is built for (`temporal_size`,
+# `spatial_size`); a checkpoint made for another size is resized to the model's shapes:
+# - v1 `spatial_pos` (H'W', C) -> the model's (H2, W2, C) grid: bicubic, antialiased (timm's
+#   `resample_abs_pos_embed`); the checkpoint's grid must be square unless H'W' = H2 W2;
+# - v1 `temporal_pos` (T', C) and v2 `rel_pos_h/w/t` (rows, d): linear along the rows
+#   (torchvision's own `_interpolate`, which it applies to the relative tables at run time).
+# The state_dict has no buffers: nothing is ignored.
+
+def _rows(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(rows, C) table -> (shape[0], C), linear; identity at the same length."""
+    if value.ndim != 2 or value.shape[1:] != tuple(shape[1:]):
+        raise ConversionError(f"a ({value.shape[0]}, C) table can't become {shape}")
+    return resize_rows(value, shape[0])
 
 
-def _build(arch: str, num_classes: int, rngs: nnx.Rngs, overrides: dict) -> MViT:
-    config = dataclasses.replace(_ARCHITECTURES[arch], num_classes=num_classes, **overrides)
-    return MViT(config, rngs=rngs)
+def _spatial_grid(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """torchvision's flat (H'W', C) spatial encoding -> the model's (H2, W2, C) grid."""
+    h2, w2, channels = shape
+    if value.ndim != 2 or value.shape[1] != channels:
+        raise ConversionError(f"spatial_pos {value.shape} can't become {shape}")
+    tokens = value.shape[0]
+    if tokens == h2 * w2:
+        return value.reshape(h2, w2, channels)
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ConversionError(
+            f"spatial_pos has {tokens} positions, not a square grid: can't resize it to "
+            f"{h2} x {w2}; build the model with the checkpoint's spatial_size")
+    return resize_grid(value.reshape(side, side, channels), (h2, w2))
 
 
-def mvit_v1_b(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> MViT:
-    """MViT-v1-B (16 x 224 x 224); `overrides` are MViTConfig fields (e.g. spatial_size=112)."""
-    return _build("mvit_v1_b", num_classes, rngs, overrides)
+_BLOCK = r"blocks\.(\d+)"
+
+_TORCH_RULES = (
+    Rule(r"conv_proj\.weight", "conv_proj.kernel", "conv"),
+    Rule(r"conv_proj\.bias", "conv_proj.bias"),
+    Rule(r"pos_encoding\.(class_token|class_pos)", "pos_encoding.{0}"),
+    Rule(r"pos_encoding\.spatial_pos", "pos_encoding.spatial_pos", _spatial_grid),
+    Rule(r"pos_encoding\.temporal_pos", "pos_encoding.temporal_pos", _rows),
+    Rule(rf"{_BLOCK}\.(norm[12])\.weight", "blocks.{0}.{1}.scale"),
+    Rule(rf"{_BLOCK}\.(norm[12])\.bias", "blocks.{0}.{1}.bias"),
+    Rule(rf"{_BLOCK}\.attn\.qkv\.weight", "blocks.{0}.attn.qkv.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.attn\.qkv\.bias", "blocks.{0}.attn.qkv.bias"),
+    Rule(rf"{_BLOCK}\.attn\.project\.0\.weight", "blocks.{0}.attn.project.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.attn\.project\.0\.bias", "blocks.{0}.attn.project.bias"),
+    Rule(rf"{_BLOCK}\.attn\.(pool_[qkv])\.pool\.weight", "blocks.{0}.attn.{1}.kernel", "conv"),
+    Rule(rf"{_BLOCK}\.attn\.(pool_[qkv])\.norm_act\.0\.weight", "blocks.{0}.attn.{1}.norm.scale"),
+    Rule(rf"{_BLOCK}\.attn\.(pool_[qkv])\.norm_act\.0\.bias", "blocks.{0}.attn.{1}.norm.bias"),
+    Rule(rf"{_BLOCK}\.attn\.(rel_pos_[hwt])", "blocks.{0}.attn.{1}", _rows),
+    Rule(rf"{_BLOCK}\.mlp\.0\.weight", "blocks.{0}.mlp.fc1.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.mlp\.0\.bias", "blocks.{0}.mlp.fc1.bias"),
+    Rule(rf"{_BLOCK}\.mlp\.3\.weight", "blocks.{0}.mlp.fc2.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.mlp\.3\.bias", "blocks.{0}.mlp.fc2.bias"),
+    Rule(rf"{_BLOCK}\.project\.weight", "blocks.{0}.project.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.project\.bias", "blocks.{0}.project.bias"),
+    Rule(r"norm\.weight", "norm.scale"),
+    Rule(r"norm\.bias", "norm.bias"),
+    Rule(r"head\.1\.weight", "head.kernel", "linear"),
+    Rule(r"head\.1\.bias", "head.bias"),
+)
+_TORCH_HEAD = ("head.1.weight", "head.1.bias")
 
 
-def mvit_v2_s(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> MViT:
-    """MViT-v2-S (16 x 224 x 224); `overrides` are MViTConfig fields (e.g. temporal_size=8)."""
-    return _build("mvit_v2_s", num_classes, rngs, overrides)
+TORCH_KEYS = TorchKeys(rules=_TORCH_RULES, head=_TORCH_HEAD)
+
+
+def torch_reference(config: MViTConfig):
+    """torchvision's `MViT` built for the config's clip size (its builders fix 16 x 224 x 224),
+    with the config's block settings, dropout and stochastic depth."""
+    from torchvision.models.video import mvit as tv
+
+    blocks = [tv.MSBlockConfig(b.num_heads, b.input_channels, b.output_channels, list(b.kernel_q),
+                               list(b.kernel_kv), list(b.stride_q), list(b.stride_kv))
+              for b in config.block_setting]
+    return tv.MViT(
+        spatial_size=tuple(config.spatial_size), temporal_size=config.temporal_size,
+        block_setting=blocks, residual_pool=config.residual_pool,
+        residual_with_cls_embed=config.residual_with_cls_embed, rel_pos_embed=config.rel_pos_embed,
+        proj_after_attn=config.proj_after_attn, dropout=config.dropout,
+        attention_dropout=config.attention_dropout, stochastic_depth_prob=config.stochastic_depth_prob,
+        num_classes=config.num_classes, patch_embed_kernel=config.patch_embed_kernel,
+        patch_embed_stride=config.patch_embed_stride, patch_embed_padding=config.patch_embed_padding)

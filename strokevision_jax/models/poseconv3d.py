@@ -24,7 +24,7 @@ strides (1, 1, 2), so (N, T, H, W, 17) -> (N, T/2, H/8, W/8, 512). Upstream beha
 State paths mirror the mmcv state_dict: torch `backbone.layer2.0.conv1.conv.weight` is NNX
 path `('backbone', 'layer2', 0, 'conv1', 'conv', 'kernel')`, `cls_head.fc_cls.weight` is
 `('cls_head', 'fc_cls', 'kernel')`. The converter's table is
-`checkpoints_convert/families/poseconv3d.py`.
+`TORCH_KEYS` below.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from strokevision_jax.models import layers
 from strokevision_jax.models.layers import Conv3d
+from strokevision_jax.models.torch_keys import Ignore, Rule, TorchKeys
 
 InflateStyle = Literal["3x1x1", "3x3x3"]
 _EXPANSION = 4  # Bottleneck3d
@@ -126,9 +128,10 @@ class PoseConv3DConfig:
 
 
 PRESETS: dict[str, PoseConv3DConfig] = {
-    "poseconv3d": PoseConv3DConfig(),
+    # pyskl's slowonly_r50_ntu60_xsub (the registry's default).
+    "ntu60_xsub": PoseConv3DConfig(),
     # Tests: width 8, one block per stage (inflated stages keep their temporal conv1).
-    "poseconv3d_tiny": PoseConv3DConfig(base_channels=8, stage_blocks=(1, 1, 1)),
+    "tiny": PoseConv3DConfig(base_channels=8, stage_blocks=(1, 1, 1)),
 }
 
 
@@ -137,9 +140,6 @@ PRESETS: dict[str, PoseConv3DConfig] = {
 
 
 # mmcv kaiming_init: kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
-_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
 class ConvModule(nnx.Module):
     """mmcv ConvModule: bias-free conv -> BatchNorm (eps 1e-5) -> optional ReLU."""
 
@@ -148,7 +148,7 @@ class ConvModule(nnx.Module):
                  padding: tuple[int, int, int] = (0, 0, 0), *, relu: bool = True,
                  zero_scale: bool = False, rngs: nnx.Rngs):
         self.conv = Conv3d(in_planes, out_planes, kernel, stride, padding,
-                           kernel_init=_conv_init, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                           kernel_init=layers.KAIMING_NORMAL_FAN_OUT, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                            factorize=cfg.factorize_convs, rngs=rngs)
         # torch momentum 0.1 weighs the new batch; flax momentum weighs the running value.
         self.bn = nnx.BatchNorm(out_planes, momentum=0.9, epsilon=1e-5,
@@ -304,15 +304,32 @@ def _concat_channels(stage_outputs: list[jax.Array]) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------
-# Factory
+# The PyTorch side: the converter's key table (`TORCH_KEYS`)
+#
+# pyskl PoseConv3D (Recognizer3D: ResNet3dSlowOnly backbone + I3DHead).
+#
+# Reads what pyskl training writes (`mmcv.runner.save_checkpoint`: `{'meta', 'state_dict'}`, the
+# reader unwraps `state_dict`). The NNX modules nest as mmcv's ConvModules do, so the table only
+# renames leaves and transposes kernels: `<module>.conv.weight` (O, I, T, H, W) -> `.conv.kernel`
+# (T, H, W, I, O); `<module>.bn.{weight, bias, running_mean, running_var}` -> `.bn.{scale, bias,
+# mean, var}`; `cls_head.fc_cls.weight` (O, I) -> `.kernel` (I, O).
+
+# ConvModules: the stem conv, a bottleneck's conv1..conv3 and its shortcut.
+_MODULE = r"(backbone\.(?:conv1|layer\d\.\d+\.(?:conv[123]|downsample)))"
+
+_TORCH_RULES = (
+    Rule(rf"{_MODULE}\.conv\.weight", "{0}.conv.kernel", "conv"),
+    Rule(rf"{_MODULE}\.bn\.weight", "{0}.bn.scale"),
+    Rule(rf"{_MODULE}\.bn\.bias", "{0}.bn.bias"),
+    Rule(rf"{_MODULE}\.bn\.running_mean", "{0}.bn.mean"),
+    Rule(rf"{_MODULE}\.bn\.running_var", "{0}.bn.var"),
+    Ignore(rf"{_MODULE}\.bn\.num_batches_tracked",
+           "a training-step counter; torch only uses it when BN momentum is None (pyskl: 0.1), "
+           "flax BatchNorm keeps a fixed momentum"),
+    Rule(r"cls_head\.fc_cls\.weight", "cls_head.fc_cls.kernel", "linear"),
+    Rule(r"cls_head\.fc_cls\.bias", "cls_head.fc_cls.bias"),
+)
+_TORCH_HEAD = ("cls_head.fc_cls.weight", "cls_head.fc_cls.bias")
 
 
-def poseconv3d(*, num_classes: int = 60, rngs: nnx.Rngs, preset: str = "poseconv3d",
-               **overrides) -> PoseConv3D:
-    """PoseConv3D (SlowOnly-R50, pyskl's NTU-60 joint config); `overrides` are
-    PoseConv3DConfig fields (e.g. base_channels=16, stage_blocks=(1, 1, 1)); `preset` is a key
-    of PRESETS ('poseconv3d' or 'poseconv3d_tiny')."""
-    if preset not in PRESETS:
-        raise ValueError(f"Unknown PoseConv3D preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    config = dataclasses.replace(PRESETS[preset], num_classes=num_classes, **overrides)
-    return PoseConv3D(config, rngs=rngs)
+TORCH_KEYS = TorchKeys(rules=_TORCH_RULES, head=_TORCH_HEAD)

@@ -31,19 +31,23 @@ Other input sizes: nothing in the parameters depends on the clip size, so any
   shifted windows use torchvision's -100 attention mask, built for the padded grid;
 - PatchMerging zero-pads odd H / W at the end.
 A different window size (`window_size=...`) changes the relative position bias tables; the
-converter interpolates pretrained tables to it (checkpoints_convert/families/swin3d.py).
+converter interpolates pretrained tables to it (`TORCH_KEYS` below).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from strokevision_jax.models import layers
+from strokevision_jax.models.torch_keys import ConversionError, Ignore, Rule, TorchKeys
 
 Triple = tuple[int, int, int]
 
@@ -102,12 +106,10 @@ class Swin3dConfig:
         return [self.stochastic_depth_prob * i / max(total - 1, 1) for i in range(total)]
 
 
-_ARCHITECTURES: dict[str, Swin3dConfig] = {
-    "swin3d_t": Swin3dConfig(),
-    "swin3d_s": Swin3dConfig(depths=(2, 2, 18, 2)),
-    "swin3d_b": Swin3dConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-}
-PRESETS: dict[str, Swin3dConfig] = dict(_ARCHITECTURES)
+# torchvision's three sizes (the registry names them).
+TINY = Swin3dConfig()
+SMALL = Swin3dConfig(depths=(2, 2, 18, 2))
+BASE = Swin3dConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 
 
 # ---------------------------------------------------------------------------
@@ -126,17 +128,6 @@ def _torch_trunc_normal(std: float):
 
 
 _linear_init = _torch_trunc_normal(0.02)
-# torch Conv3d's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_conv_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _uniform_bias_init(fan_in: int):
-    bound = 1.0 / np.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _linear(cfg: Swin3dConfig, din: int, dout: int, rngs: nnx.Rngs, *,
@@ -216,8 +207,8 @@ class _PatchConv(nnx.Module):
     def __init__(self, cfg: Swin3dConfig, in_channels: int, *, rngs: nnx.Rngs):
         shape = (*cfg.patch_size, in_channels, cfg.embed_dim)
         fan_in = int(np.prod(shape[:-1]))
-        self.kernel = nnx.Param(_conv_kernel_init(rngs.params(), shape, cfg.param_dtype))
-        self.bias = nnx.Param(_uniform_bias_init(fan_in)(rngs.params(), (cfg.embed_dim,),
+        self.kernel = nnx.Param(layers.TORCH_DEFAULT_KERNEL(rngs.params(), shape, cfg.param_dtype))
+        self.bias = nnx.Param(layers.torch_default_uniform(fan_in)(rngs.params(), (cfg.embed_dim,),
                                                          cfg.param_dtype))
 
 
@@ -340,11 +331,11 @@ class SwinTransformerBlock(nnx.Module):
         self.norm2 = _layer_norm(cfg, dim, rngs)
         self.mlp = Mlp(cfg, dim, int(dim * cfg.mlp_ratio), rngs=rngs)
         # Stochastic depth "row": drop a sample's whole branch, scale survivors by 1/(1-p).
-        self.drop_path = nnx.Dropout(drop_rate, broadcast_dims=(1, 2, 3, 4), rngs=rngs)
+        self.drop_path = layers.StochasticDepth(drop_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = x + self.drop_path(self.attn(self.norm1(x), train=train), deterministic=not train)
-        x = x + self.drop_path(self.mlp(self.norm2(x), train=train), deterministic=not train)
+        x = x + self.drop_path(self.attn(self.norm1(x), train=train), train=train)
+        x = x + self.drop_path(self.mlp(self.norm2(x), train=train), train=train)
         return x
 
 
@@ -433,24 +424,115 @@ class SwinTransformer3d(nnx.Module):
 
 
 # ---------------------------------------------------------------------------
-# Factories (torchvision names)
+# The PyTorch side: the converter's key table (`TORCH_KEYS`)
+#
+# torchvision's Video Swin Transformers (`swin3d_t`, `swin3d_s`, `swin3d_b`).
+#
+# The NNX model nests as torchvision's, with torchvision's `features` Sequential named `layers`
+# (same indices: stages at 0, 2, 4, 6, PatchMerging at 1, 3, 5) and the MLP's `mlp.0` / `mlp.3`
+# named `fc1` / `fc2`. Transforms: the patch Conv3d (O, I, T, H, W) -> (T, H, W, I, O), Linear
+# (O, I) -> (I, O), LayerNorm weight -> scale.
+#
+# Relative position bias tables: torchvision stores `((2Wd-1)(2Wh-1)(2Ww-1), heads)`, the NNX
+# model `(2Wd-1, 2Wh-1, 2Ww-1, heads)` (same values, reshaped). The table's size depends only on
+# the window size; for the window the model was built with it is a reshape, for another window
+# (`window_size=...`) the table is resized timm-style, by interpolating the relative offsets
+# (trilinear, align_corners=False, as torch's `F.interpolate`; timm's 2D resize is bicubic, which
+# torch does not offer in 3D). The checkpoint's window is read off the table's length: among
+# the factorisations (2a-1)(2b-1)(2c-1) of it, torchvision's (8, 7, 7) when it fits, else the
+# one closest to the model's window. The `relative_position_index` buffers are not stored: the
+# model computes them from its window size.
+
+_TORCHVISION_TABLE_DIMS = (15, 13, 13)  # window (8, 7, 7)
 
 
-def _build(arch: str, num_classes: int, rngs: nnx.Rngs, overrides: dict) -> SwinTransformer3d:
-    config = dataclasses.replace(_ARCHITECTURES[arch], num_classes=num_classes, **overrides)
-    return SwinTransformer3d(config, rngs=rngs)
+def _odd_divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1, 2) if n % d == 0]
 
 
-def swin3d_t(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> SwinTransformer3d:
-    """Swin3D-T (embed 96, depths 2-2-6-2, 28.2M parameters); overrides: Swin3dConfig fields."""
-    return _build("swin3d_t", num_classes, rngs, overrides)
+def _table_dims(length: int, hint: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(2a-1, 2b-1, 2c-1) with product `length`: torchvision's if it fits, else nearest `hint`."""
+    candidates = [(d, e, length // (d * e)) for d in _odd_divisors(length)
+                  for e in _odd_divisors(length // d)]
+    if not candidates:
+        raise ConversionError(f"a relative position bias table of {length} rows is not "
+                              "(2Wd-1)(2Wh-1)(2Ww-1) for any window")
+    if hint in candidates:
+        return hint
+    if _TORCHVISION_TABLE_DIMS in candidates:
+        return _TORCHVISION_TABLE_DIMS
+    return min(candidates, key=lambda c: sum(abs(math.log(a / b)) for a, b in zip(c, hint)))
 
 
-def swin3d_s(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> SwinTransformer3d:
-    """Swin3D-S (embed 96, depths 2-2-18-2, 49.8M parameters); overrides: Swin3dConfig fields."""
-    return _build("swin3d_s", num_classes, rngs, overrides)
+def _linear_resize_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """torch's linear interpolation along one axis, align_corners=False."""
+    length = x.shape[axis]
+    if length == size:
+        return x
+    source = np.maximum((np.arange(size) + 0.5) * (length / size) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), length - 1)
+    high = np.minimum(low + 1, length - 1)
+    weight = (source - low).reshape([-1 if i == axis else 1 for i in range(x.ndim)])
+    return np.take(x, low, axis=axis) * (1.0 - weight) + np.take(x, high, axis=axis) * weight
 
 
-def swin3d_b(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> SwinTransformer3d:
-    """Swin3D-B (embed 128, depths 2-2-18-2, 88.0M parameters); overrides: Swin3dConfig fields."""
-    return _build("swin3d_b", num_classes, rngs, overrides)
+def resize_bias_table(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """torch table (L, heads) -> NNX table `shape` = (2Wd-1, 2Wh-1, 2Ww-1, heads)."""
+    if value.ndim != 2 or len(shape) != 4:
+        raise ConversionError(f"relative position bias table: expected (L, heads) -> "
+                              f"(2Wd-1, 2Wh-1, 2Ww-1, heads), got {value.shape} -> {shape}")
+    if value.shape[1] != shape[3]:
+        raise ConversionError(f"relative position bias table has {value.shape[1]} heads, the "
+                              f"model {shape[3]}")
+    target = tuple(shape[:3])
+    dims = _table_dims(value.shape[0], target)
+    table = value.reshape(*dims, value.shape[1])
+    if dims == target:
+        return table
+    resized = table.astype(np.float64)
+    for axis, size in enumerate(target):
+        resized = _linear_resize_axis(resized, axis, size)
+    return resized.astype(value.dtype)
+
+
+_BLOCK = r"features\.(\d+)\.(\d+)"
+_MERGE = r"features\.(\d+)"
+
+_TORCH_RULES = (
+    Rule(r"patch_embed\.proj\.weight", "patch_embed.proj.kernel", "conv"),
+    Rule(r"patch_embed\.proj\.bias", "patch_embed.proj.bias"),
+    Rule(r"(patch_embed\.norm|norm)\.weight", "{0}.scale"),
+    Rule(r"(patch_embed\.norm|norm)\.bias", "{0}.bias"),
+    Rule(rf"{_BLOCK}\.(norm[12])\.weight", "layers.{0}.{1}.{2}.scale"),
+    Rule(rf"{_BLOCK}\.(norm[12])\.bias", "layers.{0}.{1}.{2}.bias"),
+    Rule(rf"{_BLOCK}\.attn\.(qkv|proj)\.weight", "layers.{0}.{1}.attn.{2}.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.attn\.(qkv|proj)\.bias", "layers.{0}.{1}.attn.{2}.bias"),
+    Rule(rf"{_BLOCK}\.attn\.relative_position_bias_table",
+         "layers.{0}.{1}.attn.relative_position_bias_table", resize_bias_table),
+    Ignore(rf"{_BLOCK}\.attn\.relative_position_index",
+           "a constant computed from the window size (the model builds it in numpy)"),
+    Rule(rf"{_BLOCK}\.mlp\.0\.weight", "layers.{0}.{1}.mlp.fc1.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.mlp\.0\.bias", "layers.{0}.{1}.mlp.fc1.bias"),
+    Rule(rf"{_BLOCK}\.mlp\.3\.weight", "layers.{0}.{1}.mlp.fc2.kernel", "linear"),
+    Rule(rf"{_BLOCK}\.mlp\.3\.bias", "layers.{0}.{1}.mlp.fc2.bias"),
+    Rule(rf"{_MERGE}\.reduction\.weight", "layers.{0}.reduction.kernel", "linear"),
+    Rule(rf"{_MERGE}\.norm\.weight", "layers.{0}.norm.scale"),
+    Rule(rf"{_MERGE}\.norm\.bias", "layers.{0}.norm.bias"),
+    Rule(r"head\.weight", "head.kernel", "linear"),
+    Rule(r"head\.bias", "head.bias"),
+)
+_TORCH_HEAD = ("head.weight", "head.bias")
+
+
+TORCH_KEYS = TorchKeys(rules=_TORCH_RULES, head=_TORCH_HEAD)
+
+
+def torch_reference(config: Swin3dConfig):
+    """torchvision's SwinTransformer3d with the config's patch, window, depths, heads and rates."""
+    from torchvision.models.video import swin_transformer as tv
+
+    return tv.SwinTransformer3d(
+        patch_size=list(config.patch_size), embed_dim=config.embed_dim, depths=list(config.depths),
+        num_heads=list(config.num_heads), window_size=list(config.window_size),
+        mlp_ratio=config.mlp_ratio, dropout=config.dropout, attention_dropout=config.attention_dropout,
+        stochastic_depth_prob=config.stochastic_depth_prob, num_classes=config.num_classes)

@@ -8,8 +8,9 @@ State paths mirror torchvision's state_dict keys one-to-one: torchvision nests
 `nn.Sequential`s, and `TorchSequential` below is an `nnx.List` whose integer indices
 are the same as the Sequential's (parameter-free ReLUs keep their slot), so
 torch `layer1.0.conv1.0.0.weight` is NNX path `('layer1', 0, 'conv1', 0, 0, 'kernel')`.
-Only the leaf names differ and kernels are transposed; the converter's table is
-`checkpoints_convert/families/video_resnet.py`.
+Only the leaf names differ and kernels are transposed: `TORCH_KEYS` below is the converter's
+table, and `torch_reference` builds torchvision's network for any config (the parity and
+benchmark comparisons).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from strokevision_jax.models import layers
 from strokevision_jax.models.layers import Conv3d
+from strokevision_jax.models.torch_keys import Ignore, Rule, TorchKeys
 
 StemKind = Literal["r2plus1d", "basic"]
 # "3d": 3x3x3 conv (Conv3DSimple); "2plus1d": 1x3x3 then 3x1x1 (Conv2Plus1D);
@@ -92,28 +95,14 @@ def mid_planes(in_planes: int, out_planes: int) -> int:
     return (in_planes * out_planes * 3 * 3 * 3) // (in_planes * 3 * 3 + 3 * out_planes)
 
 
-_ARCHITECTURES: dict[str, VideoResNetConfig] = {
-    "r2plus1d_18": VideoResNetConfig(),
-    "r3d_18": VideoResNetConfig(stem="basic", stage_convs=("3d", "3d", "3d", "3d")),
-    "mc3_18": VideoResNetConfig(
-        stem="basic", stage_convs=("3d", "no_temporal", "no_temporal", "no_temporal")
-    ),
-}
-# Width presets: the real sizes, the slim CPU training model, and the test model.
-_WIDTHS = {"": 64, "_cpu": 16, "_tiny": 8}
-PRESETS: dict[str, VideoResNetConfig] = {
-    arch + suffix: dataclasses.replace(config, base_width=width)
-    for arch, config in _ARCHITECTURES.items()
-    for suffix, width in _WIDTHS.items()
-}
+# torchvision's three architectures (the registry names them).
+R2PLUS1D = VideoResNetConfig()
+R3D = VideoResNetConfig(stem="basic", stage_convs=("3d", "3d", "3d", "3d"))
+MC3 = VideoResNetConfig(stem="basic", stage_convs=("3d", "no_temporal", "no_temporal", "no_temporal"))
 
 
 # ---------------------------------------------------------------------------
 # Layers
-
-
-# kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated like torch's.
-_conv_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(
@@ -131,7 +120,7 @@ def _conv(
         kernel,
         stride,
         padding,
-        kernel_init=_conv_init,
+        kernel_init=layers.KAIMING_NORMAL_FAN_OUT,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         factorize=cfg.factorize_convs,
@@ -309,24 +298,84 @@ class VideoResNet(nnx.Module):
 
 
 # ---------------------------------------------------------------------------
-# Factories (torchvision names)
+# torchvision's side: the key table and the reference network
+
+_BLOCK = r"layer\d\.\d+"
+# Conv3d modules: the stem's convs (0; R(2+1)D also 3), a block conv (convN.0, or in R(2+1)D
+# the spatial and temporal halves convN.0.0 / convN.0.3) and the shortcut (downsample.0).
+_CONV = rf"(stem\.[03]|{_BLOCK}\.conv\d\.0(?:\.[03])?|{_BLOCK}\.downsample\.0)"
+# BatchNorm3d modules: after each conv (stem.1 / stem.4, convN.1, the (2+1)D middle BN
+# convN.0.1, downsample.1).
+_BN = rf"(stem\.[14]|{_BLOCK}\.conv\d\.(?:0\.)?1|{_BLOCK}\.downsample\.1)"
+
+# Leaves renamed, kernels transposed: Conv3d (O, I, T, H, W) -> (T, H, W, I, O), Linear (O, I)
+# -> (I, O), BatchNorm weight / running stats -> scale / mean / var.
+TORCH_KEYS = TorchKeys(
+    rules=(
+        Rule(rf"{_CONV}\.weight", "{0}.kernel", "conv"),
+        Rule(rf"{_BN}\.weight", "{0}.scale"),
+        Rule(rf"{_BN}\.bias", "{0}.bias"),
+        Rule(rf"{_BN}\.running_mean", "{0}.mean"),
+        Rule(rf"{_BN}\.running_var", "{0}.var"),
+        Ignore(rf"{_BN}\.num_batches_tracked",
+               "flax BatchNorm uses a fixed momentum; torchvision's is 0.1, so the counter is unused"),
+        Rule(r"fc\.weight", "fc.kernel", "linear"),
+        Rule(r"fc\.bias", "fc.bias"),
+    ),
+    head=("fc.weight", "fc.bias"),
+)
 
 
-def _build(arch: str, num_classes: int, rngs: nnx.Rngs, overrides: dict) -> VideoResNet:
-    config = dataclasses.replace(_ARCHITECTURES[arch], num_classes=num_classes, **overrides)
-    return VideoResNet(config, rngs=rngs)
+def torch_reference(config: VideoResNetConfig):
+    """torchvision's VideoResNet of `config` (its builder at torchvision's own size; the same
+    class at other widths and depths, e.g. the cpu preset's base width 16, one block per stage
+    and 11-channel R(2+1)D stem)."""
+    import torch
+    from torchvision.models.video import resnet as tv
+
+    if len(config.stage_blocks) != 4:
+        raise ValueError(f"torchvision's VideoResNet has 4 stages; the config has "
+                         f"{len(config.stage_blocks)} ({config.stage_blocks}).")
+    convs = {"3d": tv.Conv3DSimple, "2plus1d": tv.Conv2Plus1D, "no_temporal": tv.Conv3DNoTemporal}
+    builders = {("r2plus1d", ("2plus1d",) * 4): tv.r2plus1d_18, ("basic", ("3d",) * 4): tv.r3d_18,
+                ("basic", ("3d",) + ("no_temporal",) * 3): tv.mc3_18}
+    builder = builders.get((config.stem, tuple(config.stage_convs)))
+    if (builder is not None and config.base_width == 64 and tuple(config.stage_blocks) == (2, 2, 2, 2)
+            and tuple(config.stage_strides) == (1, 2, 2, 2)):
+        return builder(num_classes=config.num_classes)
+
+    class SlimVideoResNet(tv.VideoResNet):
+        """torchvision's VideoResNet (its `_make_layer` and forward) at the config's widths."""
+
+        def __init__(self):  # pylint: disable=super-init-not-called
+            torch.nn.Module.__init__(self)
+            widths = config.stage_widths
+            self.inplanes = widths[0]
+            self.stem = _torch_stem(config)
+            stages = zip(config.stage_convs, widths, config.stage_blocks, config.stage_strides)
+            for index, (kind, planes, blocks, stride) in enumerate(stages):
+                setattr(self, f"layer{index + 1}",
+                        self._make_layer(tv.BasicBlock, convs[kind], planes, blocks, stride=stride))
+            self.avgpool = torch.nn.AdaptiveAvgPool3d((1, 1, 1))
+            self.fc = torch.nn.Linear(widths[-1], config.num_classes)
+            for module in self.modules():
+                if isinstance(module, torch.nn.Conv3d):
+                    torch.nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    return SlimVideoResNet()
 
 
-def r2plus1d_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
-    """R(2+1)D-18; `overrides` are VideoResNetConfig fields (e.g. base_width=16)."""
-    return _build("r2plus1d_18", num_classes, rngs, overrides)
+def _torch_stem(config: VideoResNetConfig):
+    from torch import nn
 
-
-def r3d_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
-    """R3D-18 (full 3x3x3 convs); `overrides` are VideoResNetConfig fields."""
-    return _build("r3d_18", num_classes, rngs, overrides)
-
-
-def mc3_18(*, num_classes: int = 400, rngs: nnx.Rngs, **overrides) -> VideoResNet:
-    """MC3-18 (3D convs in stage 1, 2D convs after); `overrides` are config fields."""
-    return _build("mc3_18", num_classes, rngs, overrides)
+    width = config.stage_widths[0]
+    if config.stem == "basic":  # torchvision's BasicStem at another width
+        return nn.Sequential(
+            nn.Conv3d(3, width, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False),
+            nn.BatchNorm3d(width), nn.ReLU(inplace=True))
+    mid = config.stem_mid_width  # torchvision's R2Plus1dStem: 45 at width 64
+    return nn.Sequential(
+        nn.Conv3d(3, mid, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False), nn.BatchNorm3d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(mid, width, (3, 1, 1), (1, 1, 1), (1, 0, 0), bias=False), nn.BatchNorm3d(width),
+        nn.ReLU(inplace=True))

@@ -29,9 +29,9 @@ def torchvision_mvit(name: str, temporal_size: int, spatial_size: tuple[int, int
     """torchvision's `name` MViT built for another clip size (its builder can't do it)."""
     from torchvision.models.video import mvit as tv
 
-    from strokevision_jax.models.mvit import _ARCHITECTURES
+    from strokevision_jax.models import registry
 
-    cfg = _ARCHITECTURES[name]
+    cfg = registry.get(name).config
     blocks = [tv.MSBlockConfig(b.num_heads, b.input_channels, b.output_channels, list(b.kernel_q),
                                list(b.kernel_kv), list(b.stride_q), list(b.stride_kv))
               for b in cfg.block_setting]

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 
-from strokevision_jax.data import dataset as dataset_lib
 from strokevision_jax.data import recordings
 from strokevision_jax.data.classes import CLASS_NAMES
 from tfds_builder.strokevision import manual
@@ -60,6 +59,16 @@ def make_recordings(root: pathlib.Path, clips: int, height: int, width: int, dis
     return root
 
 
+def build_manual(manual_dir: pathlib.Path, data_dir: pathlib.Path) -> None:
+    """Builds strokevision/manual from `manual_dir` into `data_dir` (both passes, TFDS writing)."""
+    import tensorflow_datasets as tfds
+
+    from tfds_builder.strokevision import Builder
+
+    builder = Builder(config="manual", data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tfds_builder.strokevision.benchmark_import",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +85,7 @@ def main(argv=None) -> None:
         decoded = sum(1 for split in manual.SPLITS for _ in manual.import_split(plan, split))
         decode_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        dataset_lib.ensure_built("manual", pathlib.Path(tmp) / "tfds", manual_dir=manual_dir)
+        build_manual(manual_dir, pathlib.Path(tmp) / "tfds")
         build_seconds = time.perf_counter() - started
     print(f"{args.width} x {args.height} source, {decoded} clips of 30 frames -> 30 x 128 x 171:")
     print(f"  pass 1 (labels, probing, keypoints): {plan_seconds:.2f} s")

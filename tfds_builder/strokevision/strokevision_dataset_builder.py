@@ -17,7 +17,6 @@ TensorFlow to encode (TFDS's image and video features do).
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
@@ -30,6 +29,7 @@ import tensorflow_datasets as tfds
 from strokevision_jax.data import recordings, synthetic
 from strokevision_jax.data.classes import CLASS_NAMES
 from tfds_builder.strokevision import manual, tfrecord_copy
+from tfds_builder.strokevision.workers import WorkerPool
 
 SPLITS = ("train", "validation", "test")
 
@@ -214,17 +214,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             for clip in clips:
                 yield clip["clip_id"], _to_feature_dict(clip)
             return
-        # Render in worker processes ("spawn": the parent may already hold JAX's threads).
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            clips = pool.map(_simulate, [(simulator, spec) for spec in specs], chunksize=4)
-            for clip in clips:
+        # Render in worker subprocesses that never re-run the caller's script (see workers.py).
+        with WorkerPool(workers) as pool:
+            for clip in pool.imap(synthetic.simulate_clip, [(simulator, spec) for spec in specs]):
                 yield clip["clip_id"], _to_feature_dict(clip)
-
-
-def _simulate(args):
-    simulator, spec = args
-    return synthetic.simulate_clip(simulator, spec)
 
 
 def _to_feature_dict(clip: dict) -> dict:
