@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from checkpoints_convert.rules import ConversionError, map_state_dict
+from checkpoints_convert.rules import ConversionError, count_fitting, map_state_dict
 from checkpoints_convert.torch_io import CheckpointError, read_checkpoint
 from strokevision_jax import models as models_lib
 from strokevision_jax.models import registry
@@ -52,8 +52,8 @@ def variable_shapes_of_kind(model: nnx.Module, kind: str = "params") -> list:
 def checkpoint_num_classes(name: str, state_dict: Mapping[str, np.ndarray]) -> int:
     head = spec_of(name).family.torch_keys.head[0]
     if head not in state_dict:
-        raise ConversionError(f"the checkpoint has no classifier weight {head!r}: is it a "
-                              f"{name} state_dict?")
+        raise ConversionError(f"{diagnose(state_dict, name)}\nThe checkpoint has no classifier weight "
+                              f"{head!r}, which every {name} state_dict holds.")
     return int(np.shape(state_dict[head])[0])
 
 
@@ -82,8 +82,11 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
         model = spec.build(num_classes=num_classes, rngs=nnx.Rngs(seed), **config)
     if keys.check_fixed is not None:  # fixed buffers (e.g. a graph's adjacency) compared, then dropped
         state_dict = keys.check_fixed(state_dict, model)
-    values = map_state_dict(keys.rules, state_dict, variable_shapes(model),
-                            skip=lambda key: reinit_head and key in keys.head)
+    try:
+        values = map_state_dict(keys.rules, state_dict, variable_shapes(model),
+                                skip=lambda key: reinit_head and key in keys.head)
+    except ConversionError as error:
+        raise ConversionError(f"{diagnose(state_dict, name)}\n{error}") from None
     state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     for path, var in nnx.to_flat_state(state):
         value = values.get(tuple(path))
@@ -92,6 +95,38 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
                                     dtype=var.value.dtype)
     nnx.update(model, state)
     return model
+
+
+def diagnose(state_dict: Mapping[str, np.ndarray], asked: str) -> str:
+    """One line saying which registered model the state_dict's keys and shapes look like, with
+    how many of its keys fit it and how many fit `asked` (each model at its published size)."""
+    total = len(state_dict)
+    fits: dict[str, tuple[int, int]] = {}
+    for spec in registry.MODELS.values():
+        keys = spec.family.torch_keys
+        try:
+            prepared = keys.prepare(state_dict) if keys.prepare is not None else state_dict
+        except ConversionError:
+            continue
+        if not any(rule.apply(k) if hasattr(rule, "apply") else rule.matches(k)
+                   for k in prepared for rule in keys.rules):
+            continue
+        head = prepared.get(keys.head[0])
+        classes = int(np.shape(head)[0]) if head is not None else None
+        model = nnx.eval_shape(lambda spec=spec, classes=classes: spec.build(num_classes=classes, rngs=nnx.Rngs(0)))
+        fits[spec.name] = count_fitting(keys.rules, prepared, variable_shapes(model))
+    if not fits:
+        first = ", ".join(list(state_dict)[:4])
+        return (f"none of the file's {total} keys belong to a model this project converts (first keys: "
+                f"{first}); models: {', '.join(registry.names())}.")
+    best = max(fits, key=lambda n: (fits[n][0] / max(fits[n][1], 1), fits[n][0], n == asked))
+    fit, weights = fits[best]
+    asked_fit = fits.get(asked, (0, 0))[0]
+    if best == asked or fit == asked_fit:
+        return (f"the file's keys are those of {asked}, but only {asked_fit} of its {weights} weights fit "
+                f"{asked} at its published size (another size, number of layers or config?).")
+    return (f"the file looks like a {best} checkpoint ({fit} of its {weights} weights fit {best} at its "
+            f"published size, {asked_fit} fit {asked}): pass --model={best}.")
 
 
 def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int | None = None,

@@ -83,3 +83,26 @@ def map_state_dict(
     if problems:
         raise ConversionError("The checkpoint does not fit the model:\n  " + "\n  ".join(problems))
     return out
+
+
+def count_fitting(table: Table, state_dict: Mapping[str, np.ndarray],
+                  targets: Mapping[tuple, tuple[int, ...]]) -> tuple[int, int]:
+    """(keys that convert onto a model variable of the right shape, keys some Rule matches):
+    how well a state_dict fits a model, without converting it (for diagnoses)."""
+    fitting = matched = 0
+    for key, value in state_dict.items():
+        hits = [(rule, rule.apply(key)) for rule in table if isinstance(rule, Rule)]
+        hits = [(rule, path) for rule, path in hits if path is not None]
+        if not hits:
+            continue
+        matched += 1
+        rule, path = hits[0]
+        if path not in targets:
+            continue
+        empty = np.broadcast_to(np.zeros((), np.float32), np.shape(value))
+        try:
+            shape = tuple(rule.convert(empty, targets[path]).shape)
+        except (ConversionError, ValueError):
+            continue
+        fitting += shape == tuple(targets[path])
+    return fitting, matched

@@ -21,6 +21,7 @@ import pathlib
 import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -259,6 +260,11 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     return out
 
 
+def _starts_like_a_zip(path: pathlib.Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """{key: numpy array} from a `.pth`/`.pt` (torch.save) or `.safetensors` file.
 
@@ -271,7 +277,17 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     if zipfile.is_zipfile(path):
-        tree = _read_zip(path)
+        try:
+            tree = _read_zip(path)
+        except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
+            raise CheckpointError(f"{path}: a damaged torch.save archive ({type(error).__name__}: {error}); "
+                                  "copy or download the file again") from None
+    elif _starts_like_a_zip(path):
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path}: a truncated or damaged torch.save archive ({size:,} bytes: the file begins as a zip "
+            "archive but its end is missing or corrupt, as an interrupted download or copy leaves it); "
+            "copy or download the file again")
     else:
         try:
             tree = _read_legacy(path)

@@ -36,7 +36,7 @@ def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0,
     run = train.Run(recipe, workdir, dataset_lib.resolve_data_dir(data_dir), config["seed"], num_workers,
                     train.make_mesh(), init=init, log=log, split=train.split_from_config(config),
                     fast_init=fast_init)
-    checkpoints = train.Checkpoints(workdir)
+    checkpoints = train.Checkpoints(workdir, log)
     history = []
     metrics_path = workdir / "metrics.jsonl"
     if metrics_path.exists():

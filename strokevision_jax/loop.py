@@ -223,7 +223,7 @@ def _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, spli
     started = time.time()
     run = Run(recipe, workdir, data_dir, seed, num_workers, make_mesh(), init=init, log=log, split=split,
               progress=progress, fast_init=fast_init)
-    checkpoints = Checkpoints(workdir)
+    checkpoints = Checkpoints(workdir, log)
     state, history, best, start_epoch = run.initial_state, [], None, 0
     restored = checkpoints.restore(checkpoints.latest, run.initial_state)
     if restored is not None:

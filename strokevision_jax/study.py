@@ -120,9 +120,9 @@ def resolve_models(text: str) -> tuple[str, ...]:
     models = []
     for name in names:
         try:
-            model = train.resolve_model(name)
-        except train.UsageError as error:
-            raise StudyError(str(error).replace("--model=", "--models: ")) from None
+            model = registry.resolve(name)
+        except registry.UnknownModelError as error:
+            raise StudyError(f"--models: {error}") from None
         if model in models:
             raise StudyError(f"--models names {model} twice.")
         models.append(model)

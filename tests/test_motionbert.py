@@ -28,6 +28,7 @@ from checkpoints_convert.rules import map_state_dict
 from checkpoints_convert.torch_io import read_checkpoint
 from strokevision_jax.models import fast_init
 from strokevision_jax.models import motionbert as family
+from strokevision_jax.models import layers
 from strokevision_jax.models import motionbert as mb
 from strokevision_jax.models.registry import MODELS as _MODELS
 
@@ -276,7 +277,7 @@ def _clip(seed: int = 0) -> jax.Array:
 
 
 def test_tiny_shapes_under_jit():
-    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), **TINY)
+    model = MOTIONBERT.build(num_classes=4, rngs=nnx.Rngs(0), **{**mb_small_config(), **TINY})
     x = _clip()
     out = nnx.jit(lambda model, x: model.features(x, train=False))(model, x)
     n, m, t, j, _ = CLIP
@@ -292,7 +293,7 @@ def test_tiny_shapes_under_jit():
 
 
 def test_input_checks():
-    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), **TINY)
+    model = MOTIONBERT.build(num_classes=4, rngs=nnx.Rngs(0), **{**mb_small_config(), **TINY})
     with pytest.raises(ValueError, match=r"takes \(N, M, T, 17, 3\).*got shape \(2, 6, 17, 3\)"):
         model(jnp.zeros((2, 6, 17, 3)))
     with pytest.raises(ValueError, match="13 frames, more than maxlen=12"):
@@ -306,7 +307,7 @@ def test_input_checks():
 def test_gradient_step():
     """Train mode without dropout is deterministic: one SGD step lowers the loss; gradients
     reach every parameter except the unused pose head (exactly zero there); BN moves."""
-    model = MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(0), dropout_ratio=0.0, **TINY)
+    model = MOTIONBERT.build(num_classes=4, rngs=nnx.Rngs(0), dropout_ratio=0.0, **{**mb_small_config(), **TINY})
     x, labels = _clip(), jnp.array([0, 1, 3])
     optimizer = nnx.Optimizer(model, optax.sgd(0.05), wrt=nnx.Param)
 
@@ -353,9 +354,9 @@ def test_batchnorm_follows_torch():
 
 
 def _dropout_model(dropout_seed: int) -> mb.MotionBERT:
-    return MOTIONBERT.build(**mb_small_config(), num_classes=4, rngs=nnx.Rngs(params=0, dropout=dropout_seed),
-                               drop_rate=0.2, attn_drop_rate=0.1, drop_path_rate=0.3,
-                               dropout_ratio=0.5, **TINY)
+    return MOTIONBERT.build(num_classes=4, rngs=nnx.Rngs(params=0, dropout=dropout_seed),
+                            drop_rate=0.2, attn_drop_rate=0.1, drop_path_rate=0.3,
+                            dropout_ratio=0.5, **{**mb_small_config(), **TINY})
 
 
 def test_train_mode_dropout_is_deterministic_per_rng():
@@ -376,7 +377,7 @@ def test_train_mode_dropout_is_deterministic_per_rng():
 
 def test_drop_path_drops_whole_frames():
     """Upstream's DropPath acts on (N M T, J, C) rows: one draw per (clip-person, frame)."""
-    layer = mb.DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+    layer = layers.StochasticDepth(0.5, row_dims=2, rngs=nnx.Rngs(dropout=0))
     out = np.asarray(layer(jnp.ones((4, 16, 17, 8)), train=True))
     per_row = out.reshape(4, 16, -1)
     assert set(np.unique(out)) == {0.0, 2.0}

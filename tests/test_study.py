@@ -45,7 +45,7 @@ def test_shards_partition_the_runs():
 
 def test_model_names_resolve_and_unknown_ones_are_named():
     assert study.resolve_models("r3d, r2plus1d,motionbert") == ("r3d_18", "r2plus1d_18", "motionbert")
-    with pytest.raises(study.StudyError, match="Unknown --models: 'resnet50'.*Valid models"):
+    with pytest.raises(study.StudyError, match="--models: Unknown model 'resnet50'; models: r2plus1d_18.*short names"):
         study.resolve_models("r3d,resnet50")
     with pytest.raises(study.StudyError, match="twice"):
         study.resolve_models("r3d,r3d_18")
@@ -148,7 +148,7 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--models=r3d,nope"], "Unknown --models: 'nope'"),
+    (["--models=r3d,nope"], "--models: Unknown model 'nope'"),
     (["--folds=13"], "occurs in only"),
     (["--shard=3/2"], "--shard=3/2"),
     (["--resamples=10"], "at least 1000"),

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from strokevision_jax import dataset as dataset_lib
-from strokevision_jax import presets, train
+from strokevision_jax import loop, presets, train
 from strokevision_jax.data.pipeline import VideoConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def test_flip_view_averages_the_probabilities_of_both_views():
 def test_unknown_model_lists_the_valid_names(capsys):
     assert train.main(["--model=resnet50"]) == 2
     message = capsys.readouterr().err
-    assert "Unknown --model='resnet50'" in message
+    assert "--model: Unknown model 'resnet50'" in message
     assert "r2plus1d_18" in message and "r2plus1d -> r2plus1d_18" in message
 
 
@@ -172,10 +173,10 @@ def test_train_resume_and_report(data_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(run, state, epoch, log)
 
-    monkeypatch.setattr(train, "train_one_epoch", interrupt_second_epoch)
+    monkeypatch.setattr(loop, "train_one_epoch", interrupt_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(recipe, tmp_path / "b", data_dir, log=None)
-    monkeypatch.setattr(train, "train_one_epoch", original)
+    monkeypatch.setattr(loop, "train_one_epoch", original)
     resumed = train.train_and_evaluate(recipe, tmp_path / "b", data_dir, log=None)
     assert calls == [0, 1]
 
@@ -193,6 +194,21 @@ def test_train_resume_and_report(data_dir, tmp_path, monkeypatch):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert (tmp_path / "b" / "confusion_matrix.png").exists()
+
+    # The newest checkpoint damaged (its metadata file truncated, as a full disk leaves it): the
+    # rerun sets it aside, says so, goes back one epoch and ends exactly as the uninterrupted run.
+    damaged = tmp_path / "c"
+    shutil.copytree(tmp_path / "a", damaged, ignore=shutil.ignore_patterns("lock", "report.json"))
+    meta = next((damaged / "checkpoints" / "latest" / "2").rglob("metadata"))
+    meta.write_bytes(meta.read_bytes()[:5])
+    lines = []
+    again = train.train_and_evaluate(recipe, damaged, data_dir, log=lines.append)
+    assert any("latest/2 is damaged and skipped" in line for line in lines), lines
+    assert any("Resuming from the checkpoint of epoch 1" in line for line in lines), lines
+    assert (damaged / "checkpoints" / "damaged" / "latest-2").is_dir()  # set aside, not deleted
+    assert [r["epoch"] for r in again["history"]] == [1, 2]
+    assert again["history"][1]["train_loss"] == pytest.approx(uninterrupted["history"][1]["train_loss"], rel=1e-5)
+    assert again["test"]["confusion_matrix"] == uninterrupted["test"]["confusion_matrix"]
 
 
 def test_non_finite_loss_stops_with_a_message(data_dir, tmp_path, monkeypatch):
