@@ -1,14 +1,19 @@
 """A run's orbax checkpoints: `latest` (resuming) and `best` (the final evaluation).
 
-Writes are atomic (orbax writes a temporary directory and renames it when complete). `latest`
-keeps the last two epochs: when the newest is damaged (a full disk, a killed copy, a truncated
-file), restoring falls back to the newest intact one with a log line naming what was skipped;
-when none is intact, `CheckpointDamaged` names the directory and what to do.
+Writes are atomic (orbax writes a temporary directory and renames it when complete). Each saved
+step's files are listed with their sizes and SHA-256 in `checkpoints/verify/<latest|best>-<epoch>
+.json`, and checked before a restore. `latest` keeps the last two epochs: when the newest is
+damaged (a full disk, a killed copy, a truncated file), restoring falls back to the newest intact
+one with a log line naming what was skipped; when none is intact, `CheckpointDamaged` names the
+directory and what to do. A step without a file list (written by an older version) is restored
+directly; orbax's own errors then mark it damaged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import pathlib
 
@@ -58,6 +63,61 @@ class Checkpoints:
         manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         manager.wait_until_finished()
+        self._write_file_list(manager, epoch)
+
+    # ------------------------------------------------------------------ verification
+
+    @staticmethod
+    def _list_path(manager, step: int) -> pathlib.Path:
+        directory = pathlib.Path(manager.directory)
+        return directory.parent / "verify" / f"{directory.name}-{step}.json"
+
+    @staticmethod
+    def _files(step_dir: pathlib.Path) -> dict[str, dict]:
+        out = {}
+        for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            out[str(path.relative_to(step_dir))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+        return out
+
+    def _write_file_list(self, manager, step: int) -> None:
+        """The step's files, sizes and hashes, written atomically; lists of steps orbax has
+        removed (max_to_keep) are removed too."""
+        directory = pathlib.Path(manager.directory)
+        target = self._list_path(manager, step)
+        target.parent.mkdir(exist_ok=True)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._files(directory / str(step)), indent=1) + "\n")
+        temporary.replace(target)
+        kept = {str(s) for s in manager.all_steps()}
+        for old in target.parent.glob(f"{directory.name}-*.json"):
+            if old.stem.rpartition("-")[2] not in kept:
+                old.unlink()
+
+    def _verify(self, manager, step: int) -> str | None:
+        """Why the step's files are not those that were saved, or None (also: no list to check)."""
+        listing = self._list_path(manager, step)
+        if not listing.is_file():
+            return None
+        try:
+            expected = json.loads(listing.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            return f"its file list {listing} is unreadable ({error})"
+        step_dir = pathlib.Path(manager.directory) / str(step)
+        found = self._files(step_dir)
+        problems = [f"{name} is missing" for name in expected if name not in found]
+        for name, entry in expected.items():
+            now = found.get(name)
+            if now is None:
+                continue
+            if now["size"] != entry["size"]:
+                problems.append(f"{name} has {now['size']:,} bytes, {entry['size']:,} were written")
+            elif now["sha256"] != entry["sha256"]:
+                problems.append(f"{name} differs from what was written")
+        return "; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3 else "") or None
 
     def restore(self, manager, like: TrainState) -> tuple[TrainState, dict] | None:
         """The newest intact step of `manager` as (state, meta); None when it holds none.
@@ -73,6 +133,11 @@ class Checkpoints:
         directory = pathlib.Path(manager.directory)
         problems = []
         for step in steps:
+            damage = self._verify(manager, step)
+            if damage is not None:
+                problems.append(f"{directory / str(step)}: {damage}")
+                self.log(f"checkpoint {directory / str(step)} is damaged and skipped ({damage})")
+                continue
             try:
                 with _quiet_orbax():
                     restored = manager.restore(step, args=ocp.args.Composite(
@@ -108,6 +173,7 @@ class Checkpoints:
             while target.exists():
                 target, suffix = aside / f"{directory.name}-{step}.{suffix}", suffix + 1
             source.rename(target)
+            self._list_path(manager, step).unlink(missing_ok=True)
             self.log(f"moved the damaged {source} to {target}")
         manager.reload()
 

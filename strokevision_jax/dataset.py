@@ -101,7 +101,8 @@ def _build_manual(dataset, root: pathlib.Path, manual_dir):
 
 
 def _check_same_labels(version_dir: pathlib.Path, manual_dir: pathlib.Path) -> None:
-    """A built `manual` dataset must come from this manual_dir's labels.csv (else: stale data)."""
+    """A built `manual` dataset must come from this manual_dir's labels.csv and recordings as they
+    are now (else: stale data); each recording's fingerprint is in the build's import record."""
     from tfds_builder.strokevision import manual
 
     record_path = version_dir / manual.IMPORT_RECORD
@@ -116,6 +117,13 @@ def _check_same_labels(version_dir: pathlib.Path, manual_dir: pathlib.Path) -> N
             f"{version_dir} was built from another labels.csv ({record.get('manual_dir')}) than "
             f"{manual_dir / manual.LABELS_FILE}. Delete {version_dir} to rebuild from {manual_dir}, or "
             "pass another --data_dir.")
+    changed = manual.changed_recordings(manual_dir, record.get("files", {}))
+    if changed:
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        raise DatasetError(
+            f"{len(changed)} recording file(s) in {manual_dir} changed since {version_dir} was built "
+            f"from them: {shown}. The build holds the old clips: delete {version_dir} and run again to "
+            "rebuild from the recordings as they are now (or put the old files back).")
 
 
 def load_source(split: str, config: str = DEFAULT_CONFIG,

@@ -294,6 +294,23 @@ def test_a_changed_labels_file_is_not_mistaken_for_the_build(built, tmp_path):
     dataset_lib.ensure_built("manual", data_dir, manual_dir=manual_dir)  # the same one is fine
 
 
+def test_a_replaced_recording_is_noticed(built, tmp_path):
+    """Same labels.csv, but a video replaced by another file of the same name (a re-export, a
+    fixed recording): the build holds the old clips and says which file changed."""
+    data_dir, manual_dir, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(manual_dir, copy)
+    dataset_lib.ensure_built("manual", data_dir, manual_dir=copy)  # a copy (new mtimes) is the same
+    write_video(copy / "videos" / "d.mp4", 60, 30)  # another recording: twice as long
+    (copy / "videos" / "e.mp4").write_bytes(bytes(reversed((copy / "videos" / "e.mp4").read_bytes())))
+    with pytest.raises(dataset_lib.DatasetError) as error:
+        dataset_lib.ensure_built("manual", data_dir, manual_dir=copy)
+    message = str(error.value)
+    assert "2 recording file(s)" in message and "changed since" in message
+    assert "videos/d.mp4 (size" in message and "videos/e.mp4 (same size, other content)" in message
+    assert "delete" in message and "to rebuild" in message
+
+
 def test_derived_splits_are_deterministic_and_near_70_15_15():
     splits = [manual.derived_split(f"patient{i:04d}") for i in range(2000)]
     fractions = [splits.count(s) / len(splits) for s in manual.SPLITS]

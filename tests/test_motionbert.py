@@ -300,7 +300,7 @@ def test_input_checks():
         model(jnp.zeros((1, 2, 13, 17, 3)))
     with pytest.raises(ValueError, match="multiple of num_heads"):
         mb.MotionBERTConfig(dim_feat=10, num_heads=4)
-    with pytest.raises(TypeError, match="unknown MotionBERT config fields: dim"):
+    with pytest.raises(TypeError, match="motionbert: unknown config field.s. dim; the fields of MotionBERTConfig"):
         MOTIONBERT.build(rngs=nnx.Rngs(0), dim=3)
 
 

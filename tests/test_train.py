@@ -159,7 +159,7 @@ def test_unreadable_dataset_directory_names_the_path(tmp_path):
         dataset_lib.load_source("train", "synthetic_small", tmp_path)
 
 
-def test_train_resume_and_report(data_dir, tmp_path, monkeypatch):
+def test_train_resume_and_report(data_dir, tmp_path, monkeypatch, capfd):
     recipe = tiny_recipe()
     uninterrupted = train.train_and_evaluate(recipe, tmp_path / "a", data_dir, log=None)
 
@@ -209,6 +209,7 @@ def test_train_resume_and_report(data_dir, tmp_path, monkeypatch):
     assert [r["epoch"] for r in again["history"]] == [1, 2]
     assert again["history"][1]["train_loss"] == pytest.approx(uninterrupted["history"][1]["train_loss"], rel=1e-5)
     assert again["test"]["confusion_matrix"] == uninterrupted["test"]["confusion_matrix"]
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_non_finite_loss_stops_with_a_message(data_dir, tmp_path, monkeypatch):

@@ -203,6 +203,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             "clips": {split: plan.imported[split] for split in SPLITS},
             "skipped_rows": plan.skipped_rows + len(plan.failed),
             "recordings": dataclasses.asdict(self.builder_config.recordings),
+            "files": manual.recording_fingerprints(plan),
         }
         (path / manual.IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
