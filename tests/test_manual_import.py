@@ -15,6 +15,7 @@ import pytest
 
 from strokevision_jax import dataset as dataset_lib
 from strokevision_jax.data import recordings
+from strokevision_jax.data import videos as video_io
 from strokevision_jax.data.classes import CLASS_NAMES
 from strokevision_jax.data.keypoints import COCO17_NAMES
 from tfds_builder.strokevision import manual
@@ -511,7 +512,7 @@ def test_rotation_metadata_is_applied_as_players_show_it(tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    decoded = recordings.decode_windows(path, [None], recordings.ImportConfig(num_frames=2, height=64, width=48))
+    decoded = video_io.decode_windows(path, [None], recordings.ImportConfig(num_frames=2, height=64, width=48))
     assert decoded.source_hw == (width, height)  # portrait, as displayed
     frame = decoded.windows[0].frames[0].mean(axis=-1)
     quadrants = [frame[:32, :24].mean(), frame[:32, 24:].mean(), frame[32:, :24].mean(), frame[32:, 24:].mean()]

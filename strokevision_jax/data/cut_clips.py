@@ -33,6 +33,7 @@ from fractions import Fraction
 import numpy as np
 
 from strokevision_jax.data import recordings as rec
+from strokevision_jax.data import videos as video_io
 
 SEGMENT_COLUMNS = ("video", "start", "end", "label", "keypoints")
 OUTPUT_COLUMNS = ("clip_id", "patient_id", "label", "video", "keypoints", "split",
@@ -92,7 +93,7 @@ def _check_segment(cells: dict, base: pathlib.Path, videos: dict, keypoints: dic
         errors.append(error)
     if cells.get("split", "") not in ("", "train", "validation", "test"):
         errors.append(rec.InputError(f"unknown split {cells['split']!r}", "use train, validation, test or leave it empty"))
-    readers = (("video", videos, rec.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
+    readers = (("video", videos, video_io.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
     for column, cache, read in readers:
         cell = cells[column]
         if cell not in cache:
@@ -100,7 +101,7 @@ def _check_segment(cells: dict, base: pathlib.Path, videos: dict, keypoints: dic
         if isinstance(cache[cell], rec.InputError):
             errors.append(cache[cell])
     info = videos[cells["video"]]
-    if window and isinstance(info, rec.VideoInfo) and info.duration and window[1] > info.duration + 0.05:
+    if window and isinstance(info, video_io.VideoInfo) and info.duration and window[1] > info.duration + 0.05:
         errors.append(rec.InputError(f"the segment ends at {window[1]:g} s, after the video ({info.duration:.2f} s)",
                                      "fix the end time"))
     return (None if errors else (patient, window)), errors
@@ -111,7 +112,7 @@ def plan_clips(segments: pathlib.Path, clip_seconds: float, min_seconds: float):
     rows, problems = rec.read_csv_rows(segments, SEGMENT_COLUMNS)
     base, name = segments.parent, segments.name
     keypoints: dict[str, rec.Keypoints | rec.InputError] = {}
-    videos: dict[str, rec.VideoInfo | rec.InputError] = {}
+    videos: dict[str, video_io.VideoInfo | rec.InputError] = {}
     windows_of_video: dict[pathlib.Path, list] = {}
     short = []
     for line, cells in rows:
@@ -184,9 +185,9 @@ def cut_video(video: pathlib.Path, clips: list[Clip], keypoints: dict[str, rec.K
     display_hw = resized_hw = None
     count = 0
     try:
-        with rec.open_video(video) as container:
+        with video_io.open_video(video) as container:
             rate = container.streams.video[0].average_rate or Fraction(30)
-            for index, (t, frame) in enumerate(rec.timed_frames(container, video)):
+            for index, (t, frame) in enumerate(video_io.timed_frames(container, video)):
                 count += 1
                 while waiting and waiting[0].start <= t:
                     active.append(waiting.pop(0))
@@ -197,10 +198,10 @@ def cut_video(video: pathlib.Path, clips: list[Clip], keypoints: dict[str, rec.K
                 if not active:
                     continue
                 if display_hw is None:
-                    display_hw = rec.display_hw(frame)
+                    display_hw = video_io.display_hw(frame)
                     resized_hw = display_hw if height is None else (
                         height, max(2, round(display_hw[1] * height / display_hw[0])))
-                rgb = rec.display_rgb(frame, None if height is None else resized_hw)
+                rgb = video_io.display_rgb(frame, None if height is None else resized_hw)
                 for clip in active:
                     if clip.clip_id not in writers:
                         writers[clip.clip_id] = _ClipWriter(out / "videos" / f"{clip.clip_id}.mp4", rate,

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from strokevision_jax.data import recordings as rec
+from strokevision_jax.data import videos as video_io
 
 LABELS_FILE = "labels.csv"
 IMPORT_RECORD = "manual_import.json"  # written beside the data: what was imported, from which labels.csv
@@ -157,7 +158,7 @@ def _check_row(manual_dir: pathlib.Path, line: int, cells: dict, seen_ids: dict[
     split = cells.get("split") or None
     if split is not None and split not in SPLITS:
         report(f"unknown split {split!r}", f"use {', '.join(SPLITS)}, or leave it empty to derive it from patient_id")
-    readers = (("video", videos, rec.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
+    readers = (("video", videos, video_io.probe_video_or_error), ("keypoints", keypoints, rec.read_keypoints_or_error))
     for column, cache, read in readers:
         cell = cells.get(column, "")
         if not cell:
@@ -235,7 +236,7 @@ def plan_import(manual_dir: pathlib.Path, config: rec.ImportConfig, skip_invalid
 def _import_video(plan: ImportPlan, video: str, rows: list[ClipRow]) -> list[tuple[ClipRow, dict | rec.Problem]]:
     """All clips of one video file: (row, example) or (row, problem)."""
     try:
-        decoded = rec.decode_windows(plan.resolve(video), [row.window for row in rows], plan.config)
+        decoded = video_io.decode_windows(plan.resolve(video), [row.window for row in rows], plan.config)
     except rec.InputError as error:
         return [(row, rec.problem_from(error, LABELS_FILE, row.line)) for row in rows]
     results = []
@@ -256,7 +257,7 @@ def _import_video(plan: ImportPlan, video: str, rows: list[ClipRow]) -> list[tup
     return results
 
 
-def _example(plan: ImportPlan, row: ClipRow, window: rec.WindowFrames, keypoints: rec.Keypoints,
+def _example(plan: ImportPlan, row: ClipRow, window: video_io.WindowFrames, keypoints: rec.Keypoints,
              source_hw: tuple[int, int]) -> dict:
     config = plan.config
     joints = rec.scale_keypoints(keypoints.joints[window.source_indices], source_hw, (config.height, config.width))
