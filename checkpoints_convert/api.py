@@ -58,14 +58,14 @@ def checkpoint_num_classes(name: str, state_dict: Mapping[str, np.ndarray]) -> i
 
 
 def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes: int | None = None,
-                    *, seed: int = 0, fast_init: bool = False, **config: Any) -> nnx.Module:
+                    *, seed: int = 0, fast_init: bool | None = None, **config: Any) -> nnx.Module:
     """An NNX `name` model holding the torchvision `state_dict` ({key: numpy array}).
 
     `num_classes` defaults to the checkpoint's; another value re-initialises the classifier
     (fine-tuning, e.g. Kinetics' 400 classes -> 4) and logs it. `config` goes to the model
     factory (fields of the model's config, e.g. `dtype=jnp.bfloat16` or input sizes; named as
     the upstream constructor's arguments). `fast_init`: initialise under `models.fast_init`
-    (process-wide; for command-line programs).
+    (process-wide; for programs that own their process; None: $STROKEVISION_FAST_INIT).
     """
     spec = spec_of(name)
     keys = spec.family.torch_keys
@@ -78,7 +78,7 @@ def from_state_dict(name: str, state_dict: Mapping[str, np.ndarray], num_classes
         log.warning("%s: the checkpoint's classifier has %d classes, the model %d: the classifier "
                     "(%s) is re-initialised.", name, head_classes, num_classes,
                     ", ".join(keys.head))
-    with models_lib.fast_init() if fast_init else contextlib.nullcontext():
+    with models_lib.fast_init() if models_lib.fast_init_requested(fast_init) else contextlib.nullcontext():
         model = spec.build(num_classes=num_classes, rngs=nnx.Rngs(seed), **config)
     if keys.check_fixed is not None:  # fixed buffers (e.g. a graph's adjacency) compared, then dropped
         state_dict = keys.check_fixed(state_dict, model)
@@ -130,7 +130,7 @@ def diagnose(state_dict: Mapping[str, np.ndarray], asked: str) -> str:
 
 
 def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int | None = None,
-                          *, fast_init: bool = False, **config: Any) -> nnx.Module:
+                          *, fast_init: bool | None = None, **config: Any) -> nnx.Module:
     """The torchvision `name` model (e.g. "r3d_18", "swin3d_b") with the weights of `path`.
 
     `path`: a `.pth` written by `torch.save(model.state_dict())` (zip or legacy format; read

@@ -18,7 +18,7 @@ from strokevision_jax import train
 
 
 def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print, *,
-                     fast_init: bool = False) -> dict:
+                     fast_init: bool | None = None) -> dict:
     """Rewrites the run's report from its best checkpoint (fast_init: see `train.train_and_evaluate`)."""
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     config_path = workdir / train.RUN_CONFIG

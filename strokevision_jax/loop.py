@@ -70,7 +70,7 @@ class Run:
     log: Any = print
     split: folds_lib.Split | None = None  # the clips of train / validation / test; None: the dataset's
     progress: bool = True  # a progress bar per training epoch
-    fast_init: bool = False  # initialise under models.fast_init (process-wide: for command-line programs)
+    fast_init: bool | None = None  # initialise under models.fast_init (see weights.create_model)
 
     def __post_init__(self):
         self.input_key = self.recipe.input_key
@@ -198,13 +198,13 @@ def _is_better(val: dict, best: dict | None) -> bool:
 def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: pathlib.Path, *,
                        seed: int = 0, num_workers: int = 0, init: str | None = None,
                        split: folds_lib.Split | None = None, log=print, progress: bool = True,
-                       fast_init: bool = False) -> dict:
+                       fast_init: bool | None = None) -> dict:
     """Trains (or resumes), then evaluates the best checkpoint on the test split; returns the report.
 
     split: the clips of each part (a patient-grouped fold); None uses the dataset's own splits.
     log: where the epoch lines go (None: nowhere); progress: show a progress bar per epoch.
-    fast_init: initialise the model under `models.fast_init` (process-wide; for command-line
-    programs, which own their process)."""
+    fast_init: initialise the model under `models.fast_init` (process-wide; for programs that own
+    their process; None: as $STROKEVISION_FAST_INIT says)."""
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
     try:

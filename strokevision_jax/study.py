@@ -209,7 +209,7 @@ def is_finished(run_dir: pathlib.Path) -> bool:
 
 # ----------------------------------------------------------------------------- running
 
-def model_figures(recipe: presets.Recipe, fast_init: bool = False) -> dict:
+def model_figures(recipe: presets.Recipe, fast_init: bool | None = None) -> dict:
     """Parameters and XLA's FLOPs for one clip's forward pass (one view) of the recipe's model."""
     import jax
     import jax.numpy as jnp
@@ -236,7 +236,7 @@ def model_figures(recipe: presets.Recipe, fast_init: bool = False) -> dict:
 
 def run_one(spec: RunSpec, settings: Settings, split: folds_lib.Split, study_dir: pathlib.Path,
             data_dir: pathlib.Path, num_workers: int, log=print, verbose: bool = False,
-            fast_init: bool = False) -> dict:
+            fast_init: bool | None = None) -> dict:
     """Trains (or resumes) one run through the train command's own functions (fast_init: see
     `train.train_and_evaluate`)."""
     recipe = settings.recipe(spec.model)
@@ -258,7 +258,7 @@ def _duration(seconds: float) -> str:
 
 def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Path, *,
               shard: tuple[int, int] = (0, 1), num_workers: int = 0, quiet_runs: bool = True,
-              log=print, fast_init: bool = False) -> list[RunSpec]:
+              log=print, fast_init: bool | None = None) -> list[RunSpec]:
     """Runs this shard's unfinished runs; returns the runs that are still missing study-wide
     (fast_init: see `train.train_and_evaluate`)."""
     import jax

@@ -16,7 +16,7 @@ from strokevision_jax.models import registry
 
 
 def create_model(recipe: presets.Recipe, num_classes: int, seed: int, init: str | None = None,
-                 log=print, *, fast_init: bool = False) -> nnx.Module:
+                 log=print, *, fast_init: bool | None = None) -> nnx.Module:
     """The recipe's model, freshly initialised, or with the weights of `init`.
 
     `init`: a directory written by `python -m checkpoints_convert` or a torchvision `.pth` /
@@ -26,11 +26,12 @@ def create_model(recipe: presets.Recipe, num_classes: int, seed: int, init: str 
     when a `.pth` is converted. The classifier is re-initialised for `num_classes`.
 
     `fast_init`: initialise under `models.fast_init`, which switches XLA's optimisations off for
-    the whole process while it lasts: for command-line programs, which own their process.
+    the whole process while it lasts: for programs that own their process (the commands pass
+    True). None: as $STROKEVISION_FAST_INIT says (off when unset).
     """
     dtype = jnp.dtype(recipe.compute_dtype)
     spec = registry.get(recipe.model)
-    with models_lib.fast_init() if fast_init else contextlib.nullcontext():
+    with models_lib.fast_init() if models_lib.fast_init_requested(fast_init) else contextlib.nullcontext():
         if init is None:
             return spec.build(num_classes=num_classes, rngs=nnx.Rngs(seed), dtype=dtype,
                               **dict(recipe.model_overrides))

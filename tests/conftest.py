@@ -10,6 +10,10 @@ import os
 
 import pytest
 
+# The test session owns its process: models initialise without XLA's optimisations (bit-identical
+# random draws, a fraction of the compile time; see strokevision_jax.models.fast_init).
+os.environ.setdefault("STROKEVISION_FAST_INIT", "1")
+
 from strokevision_jax import dataset as dataset_lib
 
 pytest_plugins = ["pytester"]

@@ -95,6 +95,7 @@ def test_library_code_leaves_xla_optimisations_alone(monkeypatch):
     creating a run's model must not, unless the caller (a command) opts in."""
     from strokevision_jax import weights
 
+    monkeypatch.delenv("STROKEVISION_FAST_INIT", raising=False)  # conftest opts the suite in
     updates = []
     real_update = jax.config.update
     monkeypatch.setattr(jax.config, "update", lambda name, value: (updates.append(name), real_update(name, value)))
@@ -106,6 +107,9 @@ def test_library_code_leaves_xla_optimisations_alone(monkeypatch):
     assert "jax_disable_most_optimizations" not in updates
     weights.create_model(recipe, 4, seed=0, fast_init=True)
     assert updates.count("jax_disable_most_optimizations") == 2  # on, then back
+    monkeypatch.setenv("STROKEVISION_FAST_INIT", "1")  # the process owner opts in for everything
+    weights.create_model(recipe, 4, seed=0)
+    assert updates.count("jax_disable_most_optimizations") == 4
     assert not jax.config.read("jax_disable_most_optimizations")
 
 

@@ -156,6 +156,7 @@ class _SessionWriter:
         self.holds: list[tuple[float, float, int]] = []
         self.drop_points: list[np.ndarray] = []
         self.trials: list[float] = []
+        self.trial_windows: list[tuple[float, float]] = []  # (start signal, start + TRIAL_SECONDS)
 
     # -- helpers
     def mark(self, t: float, phase: int) -> None:
@@ -330,6 +331,7 @@ class _SessionWriter:
             t = self.hand.move(t + rng.uniform(0.5, 2.0), self.duration(0.5, 0.8), self.source_point(),
                                progress=self.progress())
             trial_end = t + TRIAL_SECONDS
+            self.trial_windows.append((t, trial_end))
             colour = int(rng.integers(len(p.cube_palette)))
             while t < trial_end:
                 t = self.grasp(t, colour)
