@@ -211,6 +211,18 @@ def test_train_resume_and_report(data_dir, tmp_path, monkeypatch, capfd):
     assert again["test"]["confusion_matrix"] == uninterrupted["test"]["confusion_matrix"]
     assert "Traceback" not in capfd.readouterr().err
 
+    # The finished run for inference: its best checkpoint through the evaluation transform gives
+    # the probabilities its report wrote for the test clips.
+    from strokevision_jax import inference, report
+    from strokevision_jax.data.classes import CLASS_NAMES
+
+    model = inference.load_run(tmp_path / "a", recipe=recipe)  # a run made from Python: no run_config
+    source = dataset_lib.load_source("test", "synthetic_small", data_dir)
+    rows = report.read_predictions(tmp_path / "a" / report.PREDICTIONS)[:10]
+    probabilities = model.probabilities([source[int(row["index"])] for row in rows])
+    expected = np.array([[float(row[f"p_{name}"]) for name in CLASS_NAMES] for row in rows])
+    np.testing.assert_allclose(probabilities, expected, atol=2e-5)
+
 
 def test_non_finite_loss_stops_with_a_message(data_dir, tmp_path, monkeypatch):
     original_loader = train.Run.loader

@@ -52,3 +52,49 @@ def test_the_clips_of_the_synthetic_dataset_are_unchanged_by_trials():
     after = synthetic.simulate_clip(SMALL, spec, render=False)
     for key in ("keypoints", "keypoint_scores", "phase"):
         np.testing.assert_array_equal(before[key], after[key])
+
+
+def test_synthetic_trials_keep_the_clips_patient_splits_and_encode_whole(tmp_path):
+    """The builder's split plan and one example through TFDS's own encode / decode (the whole
+    build of synthetic_trials_small takes minutes: `dataset.ensure_built` does it)."""
+    from tfds_builder.strokevision import strokevision_dataset_builder as sb
+
+    simulator = sb.SYNTHETIC_TRIALS_SMALL.simulator
+    assert simulator == sb.SYNTHETIC_SMALL.simulator
+    names = synthetic.patient_ids(simulator)
+    by_split = sb.trial_specs_by_split(simulator)
+    for split, patients in synthetic.split_patients(simulator).items():
+        assert sorted(names[s.patient_index] for s in by_split[split]) == sorted(patients * 2)
+        assert {s.hand for s in by_split[split]} == {0, 1}
+    spec = by_split["test"][0]
+    builder = sb.Builder(config="synthetic_trials_small", data_dir=str(tmp_path))
+    features = builder.info.features
+    trial = trials.simulate_trial(simulator, spec)
+    decoded = features.deserialize_example_np(features.serialize_example(sb.trial_feature_dict(trial)))
+    assert decoded["trial_id"].decode() == spec.trial_id and int(decoded["blocks"]) == trial["blocks"]
+    assert features["hand"].int2str(int(decoded["hand"])) == trials.HANDS[spec.hand]
+    np.testing.assert_array_equal(decoded["video"], trial["video"])
+    np.testing.assert_array_equal(decoded["phase"], trial["phase"])
+
+
+def test_export_writes_a_recording_the_import_reads(tmp_path, capsys):
+    from strokevision_jax import export_trial
+    from strokevision_jax.data import recordings
+    from strokevision_jax.data import videos as video_io
+
+    assert export_trial.main(["--dataset=synthetic_small", "--trial=P001_less_affected", f"--out={tmp_path}",
+                              "--max_seconds=3"]) == 0
+    assert "P001_less_affected" in capsys.readouterr().out
+    simulator = export_trial.SIMULATORS["synthetic_small"]
+    info = trials.trial_info(simulator, trials.TrialSpec(1, 1))
+    video = video_io.probe_video(tmp_path / "P001_less_affected.mp4")
+    keypoints = recordings.read_keypoints(tmp_path / "P001_less_affected.json")
+    assert (video.height, video.width, video.fps) == (simulator.height, simulator.width, 30.0)
+    assert keypoints.num_frames == 90  # --max_seconds=3 at 30 fps
+    truth = __import__("json").loads((tmp_path / "P001_less_affected_truth.json").read_text())
+    assert truth["blocks"] == info["blocks"] and truth["phase"] == info["phase"][:90].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "P001_less_affected.json", "P001_less_affected.mp4", "P001_less_affected_truth.json"]
+    assert export_trial.main(["--dataset=synthetic_small", "--trial=P99_left", f"--out={tmp_path / 'x'}"]) == 2
+    assert "is not a trial of the simulator" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from strokevision_jax.data import recordings, synthetic
+from strokevision_jax.data.synthetic import trials
 from strokevision_jax.data.classes import CLASS_NAMES
 from tfds_builder.strokevision import manual, tfrecord_copy
 from tfds_builder.strokevision.workers import WorkerPool
@@ -38,17 +39,21 @@ SPLITS = ("train", "validation", "test")
 class StrokeVisionConfig(tfds.core.BuilderConfig):
     """A builder config: where clips come from and their stored size."""
 
-    source: str = "synthetic"  # "synthetic" (the simulator) or "manual" (recordings in manual_dir)
+    # "synthetic" (the simulator's clips), "synthetic_trials" (its whole 60 s trials) or "manual"
+    # (recordings in manual_dir)
+    source: str = "synthetic"
     simulator: synthetic.SimulatorConfig = dataclasses.field(default_factory=synthetic.SimulatorConfig)
     recordings: recordings.ImportConfig = dataclasses.field(default_factory=recordings.ImportConfig)
 
     @property
-    def num_frames(self) -> int:
+    def num_frames(self) -> int | None:
+        if self.source == "synthetic_trials":
+            return None  # a trial's length varies
         return self.simulator.num_frames if self.source == "synthetic" else self.recordings.num_frames
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        if self.source == "synthetic":
+        if self.source in ("synthetic", "synthetic_trials"):
             return self.simulator.height, self.simulator.width
         return self.recordings.height, self.recordings.width
 
@@ -62,6 +67,19 @@ SYNTHETIC_SMALL = StrokeVisionConfig(
     name="synthetic_small",
     description="Tiny simulated Box and Block Test for tests: 12 patients, 96 clips, 64 x 86 frames.",
     simulator=synthetic.SimulatorConfig(num_patients=12, num_clips=96, height=64, width=86, seed=1),
+)
+SYNTHETIC_TRIALS = StrokeVisionConfig(
+    name="synthetic_trials",
+    description=("Whole simulated Box and Block Test trials of the `synthetic` patients (same splits): "
+                 "one 60 s trial per hand, 30 fps, 128 x 171, with per-frame phases and the true count."),
+    source="synthetic_trials",
+    simulator=SYNTHETIC.simulator,
+)
+SYNTHETIC_TRIALS_SMALL = StrokeVisionConfig(
+    name="synthetic_trials_small",
+    description="The trials of `synthetic_small`'s 12 patients (64 x 86 frames), for tests.",
+    source="synthetic_trials",
+    simulator=SYNTHETIC_SMALL.simulator,
 )
 MANUAL = StrokeVisionConfig(
     name="manual",
@@ -77,7 +95,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Simulated Box and Block Test configs; `manual` for real recordings."}
-    BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL, MANUAL]
+    BUILDER_CONFIGS = [SYNTHETIC, SYNTHETIC_SMALL, SYNTHETIC_TRIALS, SYNTHETIC_TRIALS_SMALL, MANUAL]
     DEFAULT_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Only the `manual` config needs it: a directory with labels.csv (clip_id, patient_id, label, "
@@ -101,6 +119,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
+        if config.source == "synthetic_trials":
+            return self._trials_info()
         frames, (height, width) = config.num_frames, config.frame_size
         features = {
             "video": tfds.features.Tensor(
@@ -139,6 +159,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://arxiv.org/abs/2509.07994",
         )
 
+    def _trials_info(self) -> tfds.core.DatasetInfo:
+        height, width = self.builder_config.frame_size
+        features = {
+            "video": tfds.features.Tensor(shape=(None, height, width, 3), dtype=np.uint8, encoding="zlib",
+                                          doc="RGB frames of the whole recording, uint8."),
+            "keypoints": tfds.features.Tensor(shape=(None, 17, 2), dtype=np.float32,
+                                              doc="COCO-17 (x, y) in pixels, as a pose estimator gives them."),
+            "keypoint_scores": tfds.features.Tensor(shape=(None, 17), dtype=np.float32),
+            "phase": tfds.features.Tensor(shape=(None,), dtype=np.int32,
+                                          doc="Per-frame action index (CLASS_NAMES order)."),
+            "blocks": tfds.features.Scalar(dtype=np.int32,
+                                           doc="Blocks moved within the 60 s after the start signal (the BBT score)."),
+            "go_frame": tfds.features.Scalar(dtype=np.int32, doc="The start signal's frame."),
+            "hand": tfds.features.ClassLabel(names=trials.HANDS),
+            "tested_hand": tfds.features.ClassLabel(names=("left", "right")),
+            "severity": tfds.features.Scalar(dtype=np.float32, doc="Impairment of the tested hand in [0, 1]."),
+            "fps": tfds.features.Scalar(dtype=np.float32),
+            "patient_id": tfds.features.Text(),
+            "trial_id": tfds.features.Text(),
+        }
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(features),
+                                              homepage="https://arxiv.org/abs/2509.07994")
+
     def download_and_prepare(self, *, file_format=None, **kwargs):
         # ArrayRecord is written first; `_download_and_prepare` adds the TFRecord twins.
         if file_format not in (None, "array_record", tfds.core.FileFormat.ARRAY_RECORD):
@@ -164,6 +207,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         simulator = config.simulator
         patients_by_split = synthetic.split_patients(simulator)
         _assert_disjoint_by_patient(patients_by_split)
+        if config.source == "synthetic_trials":
+            return {split: self._generate_trials(specs) for split, specs in trial_specs_by_split(simulator).items()}
 
         report = synthetic.difficulty_report(simulator)
         text = f"strokevision/{config.name}: difficulty of the simulated data\n{report.format()}"
@@ -207,6 +252,17 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
         (path / manual.IMPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
+    def _generate_trials(self, specs):
+        simulator = self.builder_config.simulator
+        workers = max(1, min(multiprocessing.cpu_count(), 8))
+        if workers == 1 or len(specs) < 4:
+            for spec in specs:
+                yield spec.trial_id, trial_feature_dict(trials.simulate_trial(simulator, spec))
+            return
+        with WorkerPool(workers) as pool:
+            for trial in pool.imap(trials.simulate_trial, [(simulator, spec) for spec in specs], chunksize=1):
+                yield trial["trial_id"], trial_feature_dict(trial)
+
     def _generate_examples(self, specs):
         simulator = self.builder_config.simulator
         workers = max(1, min(multiprocessing.cpu_count(), 8))
@@ -219,6 +275,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         with WorkerPool(workers) as pool:
             for clip in pool.imap(synthetic.simulate_clip, [(simulator, spec) for spec in specs]):
                 yield clip["clip_id"], _to_feature_dict(clip)
+
+
+def trial_specs_by_split(simulator: synthetic.SimulatorConfig) -> dict[str, list]:
+    """The trials of each split: every patient keeps its `synthetic` split, with a trial per hand."""
+    index = {name: i for i, name in enumerate(synthetic.patient_ids(simulator))}
+    return {split: trials.trial_specs(simulator, [index[p] for p in patients])
+            for split, patients in synthetic.split_patients(simulator).items()}
+
+
+def trial_feature_dict(trial: dict) -> dict:
+    return {"video": trial["video"], "keypoints": trial["keypoints"], "keypoint_scores": trial["keypoint_scores"],
+            "phase": np.asarray(trial["phase"], np.int32), "blocks": trial["blocks"], "go_frame": trial["go_frame"],
+            "hand": trial["hand"], "tested_hand": trial["tested_hand"], "severity": np.float32(trial["severity"]),
+            "fps": np.float32(trial["fps"]), "patient_id": trial["patient_id"], "trial_id": trial["trial_id"]}
 
 
 def _to_feature_dict(clip: dict) -> dict:

@@ -119,3 +119,14 @@ def render_trial(config: SimulatorConfig, spec: TrialSpec, chunk: int = 60) -> I
         keypoints, scores = _estimate_keypoints(rng, config, true_px, occluded)
         yield {"video": _render(config, trial.patient, trial.session, pose, times, light),
                "keypoints": keypoints, "keypoint_scores": scores, "phase": trial.session.phase_at(times)}
+
+
+def simulate_trial(config: SimulatorConfig, spec: TrialSpec) -> dict:
+    """The whole trial as one example dict: `trial_info` plus 'video' (T, H, W, 3) uint8,
+    'keypoints' (T, 17, 2) and 'keypoint_scores' (T, 17) (about 125 MB of frames at 128 x 171)."""
+    info = trial_info(config, spec)
+    chunks = list(render_trial(config, spec))
+    example = dict(info)
+    for key in ("video", "keypoints", "keypoint_scores"):
+        example[key] = np.concatenate([chunk[key] for chunk in chunks])
+    return example
