@@ -2,7 +2,8 @@
 
     python -m strokevision_jax.export_trial --trial=P004_more_affected --out=recordings/
 
-writes `<out>/<trial>.mp4` (H.264, 30 fps, the trial's frames), `<out>/<trial>.json` (the
+writes `<out>/<trial>.mp4` (H.264, 30 fps, the trial's frames, padded by one column where the
+width is odd), `<out>/<trial>.json` (the
 simulated pose estimator's COCO-17 keypoints in MMPose's video format, one entry per frame, as
 the `manual` import and `predict` read) and `<out>/<trial>_truth.json` (blocks moved, hand, the
 start signal's frame, per-frame phases). Without --trial: the first test-split trial of the
@@ -45,6 +46,15 @@ def find_trial(config: synthetic.SimulatorConfig, trial_id: str | None) -> trial
                       f"hands {', '.join(trials.HANDS)}).")
 
 
+def _even(frames: np.ndarray) -> np.ndarray:
+    """H.264 in yuv420p needs an even height and width: the last row / column is repeated (the
+    keypoints' pixel coordinates stay valid; the 128 x 171 frames become 128 x 172)."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
 def _write_video(path: pathlib.Path, chunks, fps: int) -> int:
     import av
 
@@ -52,7 +62,7 @@ def _write_video(path: pathlib.Path, chunks, fps: int) -> int:
     with av.open(str(path), "w", format="mp4") as container:
         stream = None
         for chunk in chunks:
-            frames = chunk["video"]
+            frames = _even(chunk["video"])
             if stream is None:
                 stream = container.add_stream("libx264", rate=Fraction(fps))
                 stream.height, stream.width = frames.shape[1:3]

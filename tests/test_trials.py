@@ -98,3 +98,14 @@ def test_export_writes_a_recording_the_import_reads(tmp_path, capsys):
     assert export_trial.main(["--dataset=synthetic_small", "--trial=P99_left", f"--out={tmp_path / 'x'}"]) == 2
     assert "is not a trial of the simulator" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_odd_frame_sizes_are_padded_for_h264():
+    from strokevision_jax import export_trial
+
+    frames = np.arange(2 * 3 * 5 * 3, dtype=np.uint8).reshape(2, 3, 5, 3)
+    even = export_trial._even(frames)
+    assert even.shape == (2, 4, 6, 3)
+    np.testing.assert_array_equal(even[:, :3, :5], frames)
+    np.testing.assert_array_equal(even[:, 3, :5], frames[:, 2])  # the last row repeated
+    assert export_trial._even(even) is even
