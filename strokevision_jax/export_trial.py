@@ -25,7 +25,6 @@ from strokevision_jax.data.classes import CLASS_NAMES
 from strokevision_jax.data.synthetic import trials
 from tfds_builder.strokevision import strokevision_dataset_builder as builder
 
-
 SIMULATORS = {config.name: config.simulator for config in (builder.SYNTHETIC, builder.SYNTHETIC_SMALL)}
 
 
@@ -55,10 +54,10 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-def _write_video(path: pathlib.Path, chunks, fps: int) -> int:
+def _write_video(path: pathlib.Path, chunks, fps: int):
+    """Encodes the chunks' frames into `path` as they pass through (yields each chunk)."""
     import av
 
-    count = 0
     with av.open(str(path), "w", format="mp4") as container:
         stream = None
         for chunk in chunks:
@@ -70,11 +69,9 @@ def _write_video(path: pathlib.Path, chunks, fps: int) -> int:
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
-            count += len(frames)
             yield chunk
         for packet in stream.encode():
             container.mux(packet)
-    return count
 
 
 def _first_frames(chunks, count: int):

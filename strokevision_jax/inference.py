@@ -30,7 +30,12 @@ from strokevision_jax.data import pipeline
 from strokevision_jax.data.classes import NUM_CLASSES
 from strokevision_jax.errors import TrainingError
 from strokevision_jax.loop import RUN_CONFIG, recipe_from_config
-from strokevision_jax.steps import TrainState, input_adapter, make_eval_step, make_optimizer
+from strokevision_jax.steps import (
+    TrainState,
+    input_adapter,
+    make_eval_step,
+    make_optimizer,
+)
 from strokevision_jax.weights import create_model
 
 

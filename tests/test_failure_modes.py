@@ -14,6 +14,7 @@ import pytest
 
 from strokevision_jax import checkpoints as checkpoints_lib
 from strokevision_jax import train
+from tests.torch_names import torch_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -135,31 +136,11 @@ def test_every_step_damaged_is_a_named_error(tmp_path):
 
 # ----------------------------------------------------------------------------- converter messages
 
-def _torch_names(spec, num_classes: int = 400) -> dict:
-    """A zero state_dict with torch's names and shapes for a video ResNet at its published size
-    (made from the NNX model: the inverse of its key table; np.zeros pages in nothing)."""
-    from flax import nnx
-
-    from checkpoints_convert import api
-
-    model = nnx.eval_shape(lambda: spec.build(num_classes=num_classes, rngs=nnx.Rngs(0)))
-    leaf_names = {"scale": "weight", "mean": "running_mean", "var": "running_var"}
-    out = {}
-    for path, shape in api.variable_shapes(model).items():
-        *module, leaf = map(str, path)
-        if leaf == "kernel":
-            torch_shape = (shape[-1], shape[-2], *shape[:-2]) if len(shape) > 2 else (shape[1], shape[0])
-            out[".".join(module) + ".weight"] = np.zeros(torch_shape, np.float32)
-        else:
-            out[".".join(module) + "." + leaf_names.get(leaf, leaf)] = np.zeros(shape, np.float32)
-    return out
-
-
 def test_a_checkpoint_of_another_model_is_named_first():
     from checkpoints_convert import api
     from strokevision_jax.models import registry
 
-    state_dict = _torch_names(registry.get("r3d"))
+    state_dict = torch_state_dict(registry.get("r3d"))
     with pytest.raises(api.ConversionError) as error:
         api.from_state_dict("r2plus1d_18", state_dict, num_classes=4)
     first_line = str(error.value).splitlines()[0]

@@ -26,9 +26,8 @@ from checkpoints_convert import ConversionError, load_torch_checkpoint
 from checkpoints_convert.api import from_state_dict, variable_shapes
 from checkpoints_convert.rules import map_state_dict
 from checkpoints_convert.torch_io import read_checkpoint
-from strokevision_jax.models import fast_init
+from strokevision_jax.models import fast_init, layers
 from strokevision_jax.models import motionbert as family
-from strokevision_jax.models import layers
 from strokevision_jax.models import motionbert as mb
 from strokevision_jax.models.registry import MODELS as _MODELS
 

@@ -13,6 +13,7 @@ from flax import nnx
 from checkpoints_convert import api as convert
 from strokevision_jax import presets
 from strokevision_jax.models import registry
+from tests.torch_names import torch_state_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -102,7 +103,7 @@ def test_library_code_leaves_xla_optimisations_alone(monkeypatch):
     recipe = presets.recipe("mc3", "cpu").replace(model_overrides=(("base_width", 4), ("stage_blocks", (1, 1, 1, 1))))
     weights.create_model(recipe, 4, seed=0)
     spec = registry.get("mc3_18")
-    state = {k: v for k, v in _torch_state(spec).items()}
+    state = torch_state_dict(spec, base_width=4, stage_blocks=(1, 1, 1, 1))
     convert.from_state_dict("mc3_18", state, base_width=4, stage_blocks=(1, 1, 1, 1))
     assert "jax_disable_most_optimizations" not in updates
     weights.create_model(recipe, 4, seed=0, fast_init=True)
@@ -111,22 +112,3 @@ def test_library_code_leaves_xla_optimisations_alone(monkeypatch):
     weights.create_model(recipe, 4, seed=0)
     assert updates.count("jax_disable_most_optimizations") == 4
     assert not jax.config.read("jax_disable_most_optimizations")
-
-
-def _torch_state(spec) -> dict:
-    """A state_dict of torch names and shapes for a tiny mc3 (made from an NNX model)."""
-    import numpy as np
-
-    model = spec.build(num_classes=400, rngs=nnx.Rngs(0), base_width=4, stage_blocks=(1, 1, 1, 1))
-    shapes = convert.variable_shapes(model)
-    out = {}
-    for path, shape in shapes.items():
-        *module, leaf = map(str, path)
-        name = ".".join(module)
-        if leaf == "kernel":
-            torch_shape = (shape[-1], shape[-2], *shape[:-2]) if len(shape) > 2 else (shape[1], shape[0])
-            out[f"{name}.weight"] = np.zeros(torch_shape, np.float32)
-        else:
-            out[f"{name}.{ {'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}.get(leaf, leaf)}"] = \
-                np.ones(shape, np.float32)
-    return out

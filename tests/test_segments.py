@@ -43,7 +43,7 @@ def test_f1_by_hand():
     assert seg.f1_at(split_g, truth, 0.10) == pytest.approx(100 * 2 * (3 / 5) / (3 / 5 + 1))
 
 
-def _decoder(min_len=3, max_len=20):
+def _decoder():
     cycle = labels(*([(G, 5), (W, 6), (R, 5)] * 4), (N, 8), (G, 5), (W, 6), (R, 5))
     return seg.SegmentDecoder.fit([cycle], min_quantile=0.0, max_scale=2.0)
 

@@ -21,7 +21,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from strokevision_jax.data.synthetic.config import LEFT, RIGHT, TRIAL_SECONDS, SimulatorConfig, _patient_id
+from strokevision_jax.data.synthetic.config import (
+    LEFT,
+    RIGHT,
+    TRIAL_SECONDS,
+    SimulatorConfig,
+    _patient_id,
+)
 from strokevision_jax.data.synthetic.patients import _Patient, _patient
 from strokevision_jax.data.synthetic.sessions import _Session, _SessionWriter
 
