@@ -4,8 +4,8 @@
 
 writes `<out>/<trial>.mp4` (H.264, 30 fps, the trial's frames, padded by one column where the
 width is odd), `<out>/<trial>.json` (the
-simulated pose estimator's COCO-17 keypoints in MMPose's video format, one entry per frame, as
-the `manual` import and `predict` read) and `<out>/<trial>_truth.json` (blocks moved, hand, the
+simulated pose estimator's COCO-17 keypoints in MMPose's video format, one entry per frame under
+"instance_info", with the frame rate as "fps", as the `manual` import and `predict` read) and `<out>/<trial>_truth.json` (blocks moved, hand, the
 start signal's frame, per-frame phases). Without --trial: the first test-split trial of the
 `synthetic` patients. Files are written under temporary names and renamed when complete.
 """
@@ -99,7 +99,7 @@ def export_trial(config: synthetic.SimulatorConfig, spec: trials.TrialSpec, out:
             for keypoints, scores in zip(chunk["keypoints"], chunk["keypoint_scores"]):
                 frames.append({"frame_id": len(frames), "instances": [{
                     "keypoints": np.round(keypoints, 2).tolist(), "keypoint_scores": np.round(scores, 3).tolist()}]})
-        partial["keypoints"].write_text(json.dumps(frames))
+        partial["keypoints"].write_text(json.dumps({"fps": config.fps, "instance_info": frames}))
         info = trials.trial_info(config, spec)
         truth = {key: info[key] for key in ("trial_id", "patient_id", "hand", "tested_hand", "blocks", "go_frame", "fps")}
         truth["severity"] = round(info["severity"], 3)

@@ -4,7 +4,7 @@ and the clip window slid over the recording.
     model = inference.load_run("runs/r2plus1d_18_cpu")
     starts = inference.window_starts(num_frames, model.clip_frames, stride=7)
     probabilities = model.probabilities([record(start) for start in starts])   # (windows, classes)
-    per_frame = inference.frame_probabilities(starts, probabilities, num_frames, model.clip_frames)
+    per_frame = timeline.frame_probabilities(starts, probabilities, num_frames, model.clip_frames)
 
 A record is what the dataset stores for a clip (`video` (T, H, W, 3) uint8 at the stored size,
 `keypoints` (T, 17, 2), `keypoint_scores` (T, 17)); the run's own evaluation transform makes the
@@ -48,6 +48,8 @@ class TrainedModel:
     state: TrainState
     eval_step: object
     batch_size: int
+    checkpoint_id: str  # which weights: the best checkpoint's training step
+    frame_size: tuple[int, int]  # (height, width) of the stored frames the run was trained on
 
     @property
     def input_key(self) -> str:
@@ -62,12 +64,14 @@ class TrainedModel:
     @property
     def clip_frames(self) -> int:
         """Stored frames one window covers (the dataset's clip length)."""
-        return 30
+        return stored_format(self.recipe.dataset)[3]
 
     def transform(self):
         if self.recipe.video is not None:
             return pipeline.video_transform(self.recipe.video, train=False)
-        return pipeline.skeleton_transform(self.recipe.skeleton, train=False)
+        # Keypoint records need not carry their frames: the stored size normalises them.
+        skeleton = dataclasses.replace(self.recipe.skeleton, frame_size=self.recipe.skeleton.frame_size or self.frame_size)
+        return pipeline.skeleton_transform(skeleton, train=False)
 
     def probabilities(self, records: Sequence[dict]) -> np.ndarray:
         """(len(records), classes) softmax probabilities, computed `batch_size` records at a time
@@ -117,7 +121,21 @@ def load_run(workdir: str | pathlib.Path, *, recipe: presets.Recipe | None = Non
                             "finished an epoch; train it first.")
     weights = np.ones(NUM_CLASSES, np.float32)  # the loss is not used here
     step = make_eval_step(graphdef, weights, recipe.input_key, recipe.eval_flip, input_adapter(recipe, train=False))
-    return TrainedModel(recipe, workdir, restored[0], step, batch_size or recipe.batch_size)
+    height, width, _, _ = stored_format(recipe.dataset)
+    return TrainedModel(recipe, workdir, restored[0], step, batch_size or recipe.batch_size,
+                        f"step {int(restored[0].step)}", (height, width))
+
+
+def stored_format(dataset: str) -> tuple[int, int, float, int]:
+    """(height, width, fps, clip frames) of the clips of a dataset config."""
+    from tfds_builder.strokevision import strokevision_dataset_builder as builder
+
+    config = {c.name: c for c in builder.Builder.BUILDER_CONFIGS}.get(dataset, builder.MANUAL)
+    if config.source == "manual":
+        r = config.recordings
+        return r.height, r.width, float(r.fps), r.num_frames
+    s = config.simulator
+    return s.height, s.width, float(s.fps), s.num_frames
 
 
 def window_starts(num_frames: int, clip_frames: int, stride: int) -> np.ndarray:
@@ -131,18 +149,3 @@ def window_starts(num_frames: int, clip_frames: int, stride: int) -> np.ndarray:
     if starts[-1] != num_frames - clip_frames:
         starts = np.append(starts, num_frames - clip_frames)
     return starts.astype(np.int64)
-
-
-def frame_probabilities(starts: Sequence[int], window_probabilities: np.ndarray, num_frames: int,
-                        clip_frames: int) -> np.ndarray:
-    """(num_frames, classes): each frame's mean over the windows covering it (a window's label is
-    the plurality of its frames' actions, so every covered frame shares in it)."""
-    probabilities = np.asarray(window_probabilities, np.float64)
-    totals = np.zeros((num_frames, probabilities.shape[1]))
-    counts = np.zeros(num_frames)
-    for start, p in zip(starts, probabilities):
-        totals[start:start + clip_frames] += p
-        counts[start:start + clip_frames] += 1
-    if (counts == 0).any():
-        raise ValueError("frame_probabilities: some frames are covered by no window.")
-    return totals / counts[:, None]

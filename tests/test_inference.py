@@ -16,15 +16,6 @@ def test_windows_cover_every_frame_and_end_on_the_last():
         inference.window_starts(100, 30, 0)
 
 
-def test_frame_probabilities_average_the_covering_windows():
-    starts = np.array([0, 2])
-    windows = np.array([[1.0, 0.0], [0.0, 1.0]])
-    per_frame = inference.frame_probabilities(starts, windows, 6, 4)
-    np.testing.assert_allclose(per_frame, [[1, 0], [1, 0], [0.5, 0.5], [0.5, 0.5], [0, 1], [0, 1]])
-    with pytest.raises(ValueError, match="covered by no window"):
-        inference.frame_probabilities(np.array([0]), windows[:1], 6, 4)
-
-
 def test_a_directory_that_is_not_a_run_is_named(tmp_path):
     with pytest.raises(TrainingError, match="is not a training run"):
         inference.load_run(tmp_path)

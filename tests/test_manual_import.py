@@ -546,3 +546,40 @@ def test_tfds_route_with_manual_dir_and_the_skip_environment_variable(small_dir,
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(d)))
     assert "skipped 1 invalid row(s)" in capsys.readouterr().out
     assert len(tfds.data_source("strokevision/manual", split="train", data_dir=str(tmp_path / "tfds"))) == 1
+
+
+def test_optional_count_and_hand_columns_are_stored_per_recording(small_dir, tmp_path):
+    """`blocks` and `hand` describe the recording: given on one row, every clip of the video
+    carries them; absent, -1 and ''."""
+    manual_dir = broken_copy(small_dir, tmp_path)
+    rows = read_labels(manual_dir)
+    rows[0].update(blocks="23", hand="less_affected")
+    write_labels(manual_dir, rows, columns=list(COLUMNS) + ["blocks", "hand"])
+    data_dir = tmp_path / "tfds"
+    dataset_lib.ensure_built("manual", data_dir, manual_dir=manual_dir)
+    records = records_by_clip(data_dir)
+    assert int(records["s1"][1]["blocks"]) == 23 and clip_id(records["s1"][1]["hand"]) == "less_affected"
+    assert int(records["s2"][1]["blocks"]) == -1 and clip_id(records["s2"][1]["hand"]) == ""
+
+
+@pytest.mark.parametrize("cells,patterns", [
+    ({"blocks": "twelve"}, ("line 2", "blocks 'twelve' is not a count", "whole number")),
+    ({"blocks": "-3"}, ("line 2", "blocks '-3' is not a count")),
+    ({"hand": "left"}, ("line 2", "unknown hand 'left'", "more_affected or less_affected")),
+])
+def test_bad_count_or_hand_cells_are_named(small_dir, tmp_path, cells, patterns):
+    manual_dir = broken_copy(small_dir, tmp_path)
+    rows = read_labels(manual_dir)
+    rows[0].update(cells)
+    write_labels(manual_dir, rows, columns=list(COLUMNS) + ["blocks", "hand"])
+    assert_build_fails(manual_dir, tmp_path, *patterns)
+
+
+def test_rows_of_one_recording_that_disagree_on_the_count_are_named(small_dir, tmp_path):
+    manual_dir = broken_copy(small_dir, tmp_path)
+    rows = read_labels(manual_dir)
+    rows[1].update(video=rows[0]["video"], keypoints=rows[0]["keypoints"])
+    rows[0]["blocks"], rows[1]["blocks"] = "20", "21"
+    write_labels(manual_dir, rows, columns=list(COLUMNS) + ["blocks", "hand"])
+    assert_build_fails(manual_dir, tmp_path, "the rows of a.mp4 disagree on blocks", "20 on line(s) 2",
+                       "21 on line(s) 3", "one value per recording")

@@ -174,6 +174,7 @@ class Keypoints:
     layout: str  # what the file held, e.g. "MMPose JSON (COCO-17)"
     frames_with_several: int
     frames_without_person: int
+    fps: float | None = None  # the frame rate the file declares ("fps" in a JSON object or .npz), if any
 
     @property
     def num_frames(self) -> int:
@@ -184,10 +185,11 @@ def read_keypoints(path: pathlib.Path) -> Keypoints:
     """Any supported keypoint file or folder -> the patient's COCO-17 keypoints; raises InputError."""
     path = pathlib.Path(path)
     try:
+        fps = None
         if path.is_dir():
             frames, layout = _read_frame_folder(path)
         elif path.suffix.lower() == ".json":
-            frames, layout = _read_video_json(path)
+            frames, layout, fps = _read_video_json(path)
         elif path.suffix.lower() in (".npy", ".npz"):
             return _read_array(path)
         else:
@@ -200,7 +202,7 @@ def read_keypoints(path: pathlib.Path) -> Keypoints:
                          "give one of the keypoint formats of the builder README") from None
     if not frames:
         raise InputError(f"{path.name} holds no frames", "point `keypoints` at the pose estimator's output for this video")
-    return select_patient(frames, layout)
+    return dataclasses.replace(select_patient(frames, layout), fps=fps)
 
 
 def _load_json(path: pathlib.Path):
@@ -210,10 +212,21 @@ def _load_json(path: pathlib.Path):
         raise InputError(f"cannot read {path.name} as JSON ({error})", "re-export the pose estimator's output") from None
 
 
-def _read_video_json(path: pathlib.Path) -> tuple[list[list[np.ndarray]], str]:
-    """MMPose's video output: [{"frame_id", "instances": [...]}, ...], bare or under "instance_info"."""
+def _declared_fps(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{where}: fps {value!r} is not a positive number", "write the video's frame rate, or leave fps out")
+    return float(value)
+
+
+def _read_video_json(path: pathlib.Path) -> tuple[list[list[np.ndarray]], str, float | None]:
+    """MMPose's video output: [{"frame_id", "instances": [...]}, ...], bare or under "instance_info"
+    (then an "fps" beside it is the frame rate)."""
     data = _load_json(path)
+    fps = None
     if isinstance(data, dict) and "instance_info" in data:
+        fps = _declared_fps(data.get("fps"), path.name)
         data = data["instance_info"]
     if isinstance(data, dict) and "people" in data:
         raise InputError(f"{path.name} is one frame of OpenPose output",
@@ -230,7 +243,7 @@ def _read_video_json(path: pathlib.Path) -> tuple[list[list[np.ndarray]], str]:
     frames = []
     for index, frame in enumerate(data):
         frames.append([_coco_instance(person, path.name, index, p) for p, person in enumerate(frame["instances"] or [])])
-    return frames, "COCO-17 JSON (MMPose / Sapiens)"
+    return frames, "COCO-17 JSON (MMPose / Sapiens)", fps
 
 
 def _read_frame_folder(path: pathlib.Path) -> tuple[list[list[np.ndarray]], str]:
@@ -335,10 +348,14 @@ def _read_array(path: pathlib.Path) -> Keypoints:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise InputError(f"cannot read {path.name} ({error})", "save with numpy.save / numpy.savez") from None
-    scores = None
+    scores = fps = None
     if isinstance(data, np.lib.npyio.NpzFile):
         with data:
             keys = list(data.keys())
+            if "fps" in keys:
+                value = data["fps"]
+                fps = _declared_fps(value.item() if value.size == 1 else value.tolist(), path.name)
+                keys.remove("fps")
             if "keypoints" in keys:
                 array = data["keypoints"]
                 scores = data["keypoint_scores"] if "keypoint_scores" in keys else None
@@ -365,7 +382,7 @@ def _read_array(path: pathlib.Path) -> Keypoints:
         scores = np.ones(array.shape[:2])
     joints = np.concatenate([array[:, :, :2], scores[:, :, None]], axis=2).astype(np.float32)
     empty = int((joints[:, :, 2] <= 0).all(axis=1).sum())
-    return Keypoints(joints, f"NumPy {path.suffix} ({array.shape[2]} channels)", 0, empty)
+    return Keypoints(joints, f"NumPy {path.suffix} ({array.shape[2]} channels)", 0, empty, fps)
 
 
 def _person_box(joints: np.ndarray) -> tuple[np.ndarray, float] | None:

@@ -168,6 +168,41 @@ def decode_windows(path: pathlib.Path, windows: Sequence[tuple[float, float] | N
     return DecodedVideo(len(times), source_hw, duration, cut)
 
 
+def stream_frames(path: pathlib.Path, out_hw: tuple[int, int], fps: float, *,
+                  keep_pixels: bool = True) -> Iterator[tuple[int, np.ndarray | None]]:
+    """The whole file resampled to `fps`, one stored frame at a time (bounded memory): stored
+    frame k shows the source frame on screen at (k + 1/2) / fps seconds, as `decode_windows` cuts
+    a window starting at 0. Yields (source frame index, (H, W, 3) uint8 RGB at out_hw, or None
+    without keep_pixels); raises InputError for a damaged file (at the end for a truncated one)."""
+    k, previous, converted, times = 0, None, None, []
+
+    def pixels(index, frame):
+        nonlocal converted
+        if not keep_pixels:
+            return None
+        if converted is None or converted[0] != index:
+            converted = (index, display_rgb(frame, out_hw))
+        return converted[1]
+
+    with open_video(path) as container:
+        declared = int(container.streams.video[0].frames or 0)
+        for index, (t, frame) in enumerate(timed_frames(container, path)):
+            while previous is not None and (k + 0.5) / fps < t:
+                yield previous[0], pixels(*previous)
+                k += 1
+            previous = (index, frame)
+            times.append(t)
+        if previous is None:
+            raise InputError(f"{path.name}: no frame could be decoded", "the file is truncated or damaged; re-export it")
+        interval = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
+        while (k + 0.5) / fps < times[-1] + interval:
+            yield previous[0], pixels(*previous)
+            k += 1
+    if declared and len(times) < declared - 2:  # slack as in decode_windows
+        raise InputError(f"{path.name}: the container declares {declared} frames but only {len(times)} decode",
+                         "the file is truncated or damaged; re-export or re-copy it")
+
+
 def _quarter_turns(frame) -> int:
     rotation = int(round(getattr(frame, "rotation", 0) or 0))
     if rotation % 90:

@@ -29,6 +29,7 @@ from strokevision_jax.data import videos as video_io
 LABELS_FILE = "labels.csv"
 IMPORT_RECORD = "manual_import.json"  # written beside the data: what was imported, from which labels.csv
 REQUIRED_COLUMNS = ("clip_id", "patient_id", "label", "video", "keypoints")
+HANDS = ("more_affected", "less_affected")  # the optional `hand` column: which hand the recording tests
 SPLITS = ("train", "validation", "test")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 STRETCH_TOLERANCE = 0.10  # clips whose length differs from num_frames / fps by more are counted
@@ -46,6 +47,8 @@ class ClipRow:
     keypoints: str
     window: tuple[float, float] | None  # (start, end) seconds; None = the whole video
     split: str | None  # the `split` cell; None when absent or empty
+    blocks: int | None = None  # the clinician's Box and Block Test count of the recording, if given
+    hand: str | None = None  # the recording's tested hand (HANDS), if given
 
 
 def derived_split(patient_id: str) -> str:
@@ -155,6 +158,19 @@ def _check_row(manual_dir: pathlib.Path, line: int, cells: dict, seen_ids: dict[
         window = rec.parse_window(cells.get("start", ""), cells.get("end", ""))
     except rec.InputError as error:
         report(error.problem, error.fix)
+    blocks = hand = None
+    if cells.get("blocks"):
+        try:
+            blocks = int(cells["blocks"])
+        except ValueError:
+            blocks = -1
+        if blocks < 0:
+            report(f"blocks {cells['blocks']!r} is not a count", "give the clinician's count of blocks moved in the "
+                   "recording (a whole number >= 0), or leave it empty")
+    if cells.get("hand"):
+        hand = cells["hand"]
+        if hand not in HANDS:
+            report(f"unknown hand {hand!r}", f"use {' or '.join(HANDS)}, or leave it empty")
     split = cells.get("split") or None
     if split is not None and split not in SPLITS:
         report(f"unknown split {split!r}", f"use {', '.join(SPLITS)}, or leave it empty to derive it from patient_id")
@@ -170,7 +186,29 @@ def _check_row(manual_dir: pathlib.Path, line: int, cells: dict, seen_ids: dict[
             report(cache[cell].problem, cache[cell].fix)
     if problems:
         return None, problems
-    return ClipRow(line, clip_id, patient_id, label, cells["video"], cells["keypoints"], window, split), []
+    return ClipRow(line, clip_id, patient_id, label, cells["video"], cells["keypoints"], window, split, blocks, hand), []
+
+
+def _recording_conflicts(rows: list[ClipRow]) -> tuple[list[rec.Problem], set[str]]:
+    """(problems, videos whose rows disagree): `blocks` and `hand` are one value per recording."""
+    problems, disagreeing = [], set()
+    by_video = collections.defaultdict(list)
+    for row in rows:
+        by_video[row.video].append(row)
+    for video, video_rows in by_video.items():
+        for column in ("blocks", "hand"):
+            given = collections.defaultdict(list)
+            for row in video_rows:
+                if getattr(row, column) is not None:
+                    given[getattr(row, column)].append(row.line)
+            if len(given) > 1:
+                disagreeing.add(video)
+                where = "; ".join(f"{value} on line(s) {', '.join(map(str, lines))}" for value, lines in given.items())
+                problems.append(rec.Problem(LABELS_FILE, min(min(v) for v in given.values()),
+                                            f"the rows of {video} disagree on {column} ({where})",
+                                            f"{column} is one value per recording: give all of its rows the same "
+                                            "one, or leave the others empty"))
+    return problems, disagreeing
 
 
 
@@ -210,6 +248,9 @@ def plan_import(manual_dir: pathlib.Path, config: rec.ImportConfig, skip_invalid
             rows.append(row)
     split_of, split_problems, conflicted = _split_conflicts(rows)
     problems += split_problems
+    recording_problems, disagreeing = _recording_conflicts(rows)
+    problems += recording_problems
+    rows = [row for row in rows if row.video not in disagreeing]
     rows = [row for row in rows if row.patient_id not in conflicted]
     if problems and not skip_invalid:
         raise rec.RecordingsError(
@@ -272,7 +313,18 @@ def _example(plan: ImportPlan, row: ClipRow, window: video_io.WindowFrames, keyp
         "start": np.float32(window.start),
         "end": np.float32(window.end),
         "source_frame_index": window.source_indices,
+        "blocks": np.int32(-1 if recording_value(plan, row, "blocks") is None else recording_value(plan, row, "blocks")),
+        "hand": recording_value(plan, row, "hand") or "",
     }
+
+
+def recording_value(plan: ImportPlan, row: ClipRow, column: str):
+    """A recording's `blocks` / `hand`: the row's own cell, else that of another row of the video."""
+    value = getattr(row, column)
+    if value is None:
+        value = next((getattr(r, column) for rows in plan.clips.values() for r in rows
+                      if r.video == row.video and getattr(r, column) is not None), None)
+    return value
 
 
 def decode_workers(tasks: int) -> int:

@@ -142,6 +142,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 "end": tfds.features.Scalar(dtype=np.float32, doc="Window end in the video (s)."),
                 "source_frame_index": tfds.features.Tensor(
                     shape=(frames,), dtype=np.int32, doc="Decoded frame of the video behind each stored frame."),
+                "blocks": tfds.features.Scalar(
+                    dtype=np.int32, doc="The clinician's block count of the clip's recording (-1: not given)."),
+                "hand": tfds.features.Text(doc="The recording's tested hand: more_affected, less_affected or ''."),
             })
         if config.source == "synthetic":
             features.update({

@@ -1,0 +1,115 @@
+"""Whole recordings: windows over a stream, per-frame probabilities, the trial's count, and the
+decoder's posterior samples."""
+
+import numpy as np
+import pytest
+
+from strokevision_jax import inference, segments, timeline
+
+G, N, W, R = 0, 1, 2, 3
+
+
+def labels(*runs):
+    return np.concatenate([np.full(n, c) for c, n in runs])
+
+
+def _chunks(num_frames, size):
+    frames = np.arange(num_frames)
+    for first in range(0, num_frames, size):
+        part = frames[first:first + size]
+        yield {"keypoints": part[:, None, None] * np.ones((1, 17, 2)), "keypoint_scores": np.ones((len(part), 17))}
+
+
+@pytest.mark.parametrize("num_frames,chunk,stride", [(100, 7, 7), (100, 64, 7), (30, 4, 7), (61, 1, 3), (95, 200, 30)])
+def test_sliding_windows_match_window_starts_whatever_the_chunks(num_frames, chunk, stride):
+    windows = list(timeline.sliding_windows(_chunks(num_frames, chunk), 30, stride))
+    assert [s for s, _ in windows] == inference.window_starts(num_frames, 30, stride).tolist()
+    for start, record in windows:  # each window holds exactly its own frames
+        np.testing.assert_array_equal(record["keypoints"][:, 0, 0], np.arange(start, start + 30))
+
+
+def test_sliding_windows_of_a_short_stream_are_none():
+    assert list(timeline.sliding_windows(_chunks(29, 10), 30, 7)) == []
+
+
+def test_frame_probabilities_interpolate_between_window_centres():
+    starts = np.array([0, 4])  # centres 1.5 and 5.5 for windows of 4 frames
+    windows = np.array([[1.0, 0.0], [0.0, 1.0]])
+    per_frame = timeline.frame_probabilities(starts, windows, 8, 4)
+    np.testing.assert_allclose(per_frame[:, 1], [0, 0, 0.125, 0.375, 0.625, 0.875, 1, 1])
+    np.testing.assert_allclose(per_frame.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="shorter than one clip"):
+        timeline.frame_probabilities(np.zeros(0, int), np.zeros((0, 2)), 8, 4)
+
+
+def test_trial_count_takes_releases_within_the_trial_seconds_of_the_first_grasp():
+    # fps 1, a 10 s trial from the first grasp at frame 3: releases at 6 and 12 inside, 16 outside.
+    x = labels((N, 3), (G, 1), (W, 2), (R, 1), (G, 2), (W, 3), (R, 1), (G, 1), (W, 2), (N, 2))
+    assert timeline.trial_count(x, fps=1.0, trial_seconds=10) == (2, 3)
+    assert timeline.trial_count(x, fps=1.0, trial_seconds=100) == (3, 3)
+    assert timeline.trial_count(labels((N, 5), (W, 3)), fps=1.0) == (0, None)
+
+
+def _cycle_decoder():
+    truth = labels(*([(G, 6), (W, 8), (R, 6)] * 5))
+    return truth, segments.SegmentDecoder.fit([truth], min_quantile=0.0, max_scale=2.0)
+
+
+def test_decode_counts_and_samples_agree_when_the_classifier_is_sure():
+    truth, decoder = _cycle_decoder()
+    probabilities = np.full((truth.size, 4), 0.02)
+    probabilities[np.arange(truth.size), truth] = 0.94
+    line = timeline.decode(probabilities, decoder, fps=1.0, evidence_frames=1.0, num_samples=50, trial_seconds=1000)
+    assert line.count == 5 and line.count_argmax == 5 and line.start_frame == 0
+    assert line.count_interval == (5, 5) and (line.sample_counts == 5).all()
+    assert [s["label"] for s in line.segments()][:3] == ["grasping", "transport_with_object", "transport_without_object"]
+
+
+def test_posterior_samples_spread_when_a_transfer_is_ambiguous():
+    """The last transfer's frames are 50/50 between the transfer and non-task movement of the
+    same length: the count is 4 or 5, and the posterior samples hold both about equally."""
+    cycle = [(G, 6), (W, 8), (R, 6)]
+    decoder = segments.SegmentDecoder.fit([labels(*(cycle * 4), (N, 20)), labels((N, 20), *(cycle * 4))],
+                                          min_quantile=0.0, max_scale=2.0)
+    truth = labels(*(cycle * 5))
+    probabilities = np.full((truth.size, 4), 0.02)
+    probabilities[np.arange(truth.size), truth] = 0.94
+    last = slice(80, 100)
+    probabilities[last] = 0.03
+    probabilities[np.arange(80, 100), truth[last]] = 0.47
+    probabilities[last, N] = 0.47
+    line = timeline.decode(probabilities, decoder, fps=1.0, evidence_frames=1.0, num_samples=400, trial_seconds=1000)
+    assert line.count in (4, 5)
+    share = np.mean(line.sample_counts == 5)
+    assert set(np.unique(line.sample_counts)) == {4, 5} and 0.1 < share < 0.9
+    assert line.count_interval == (4, 5)
+
+
+def test_samples_follow_the_exact_posterior_on_a_tiny_model():
+    """Two classes, four frames, segments of 1-4 frames: the sampled frequency of each
+    segmentation matches its probability enumerated by hand."""
+    import itertools
+
+    decoder = segments.SegmentDecoder((1, 1), (4, 4), ((-np.inf, np.log(1.0)), (np.log(1.0), -np.inf)),
+                                      (np.log(0.5), np.log(0.5)))
+    rng = np.random.default_rng(0)
+    scores = np.log(rng.uniform(0.2, 0.8, (4, 2)))
+    weights = {}
+    for seq in itertools.product((0, 1), repeat=4):
+        weights[seq] = np.exp(np.log(0.5) + scores[np.arange(4), list(seq)].sum())
+    total = sum(weights.values())
+    samples = decoder.sample(scores, 20000, np.random.default_rng(1))
+    for seq, weight in weights.items():
+        frequency = np.mean((samples == np.array(seq)).all(axis=1))
+        assert frequency == pytest.approx(weight / total, abs=0.012)
+    best = max(weights, key=weights.get)
+    assert tuple(decoder.decode(scores)) == best
+
+
+def test_tested_side_is_the_wrist_that_travels():
+    t = np.linspace(0, 6.28, 50)
+    keypoints = np.zeros((50, 17, 2))
+    keypoints[:, 10] = np.stack([50 + 30 * np.sin(t), 40 + 0 * t], axis=1)  # right wrist moves
+    keypoints[:, 9] = [20, 60]
+    assert timeline.tested_side(keypoints, np.ones((50, 17))) == "right"
+    assert timeline.tested_side(keypoints, np.zeros((50, 17))) is None
