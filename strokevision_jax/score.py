@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                           "stride": stride, "evidence_frames": args.evidence_frames, "adaptation": args.adaptation,
                           "decoder": task.note, "decoder_parameters": task.decoder.to_json(),
                           "class_shares": [round(float(v), 4) for v in task.class_shares]}
-    scores["trials"] = [{k: v for k, v in r.items() if not k.endswith("_matches")} for r in rows]
+    scores["per_trial"] = [{k: v for k, v in r.items() if not k.endswith("_matches")} for r in rows]
     (out / "score.json").write_text(json.dumps(scores, indent=1) + "\n")
     with open(out / "trials.csv", "w", newline="") as handle:
         fields = [k for k in rows[0] if not k.endswith("_matches")]

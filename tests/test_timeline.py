@@ -113,3 +113,33 @@ def test_tested_side_is_the_wrist_that_travels():
     keypoints[:, 9] = [20, 60]
     assert timeline.tested_side(keypoints, np.ones((50, 17))) == "right"
     assert timeline.tested_side(keypoints, np.zeros((50, 17))) is None
+
+
+def test_adapting_to_the_trial_shares_moves_the_recording_mean_to_them():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet([1, 6, 1, 1], size=500)  # a classifier that says non-task too often
+    shares = np.array([0.2, 0.35, 0.25, 0.2])
+    adapted = timeline.adapt_to_shares(probabilities, shares)
+    np.testing.assert_allclose(adapted.sum(axis=1), 1.0)
+    # one multiplicative step: much nearer the shares than before; every frame's odds between two
+    # classes scaled by the same factor (the recording's evidence is re-weighted, not reordered)
+    assert np.abs(adapted.mean(axis=0) - shares).max() < 0.5 * np.abs(probabilities.mean(axis=0) - shares).max()
+    shift = np.log(adapted[:, 0] / adapted[:, 1]) - np.log(probabilities[:, 0] / probabilities[:, 1])
+    np.testing.assert_allclose(shift, shift[0])
+    assert shift[0] > 0  # grasping gains on the over-predicted non-task class
+    np.testing.assert_allclose(timeline.adapt_to_shares(probabilities, shares, 0.0), probabilities)
+
+
+def test_lognormal_durations_are_a_normalised_distribution_that_prefers_typical_lengths():
+    truth = labels(*([(G, 6), (W, 8), (R, 6)] * 5), (N, 20))
+    decoder = segments.SegmentDecoder.fit([truth], min_quantile=0.0, max_scale=3.0, durations="lognormal")
+    table = decoder.log_duration()
+    for c in range(4):
+        inside = table[c, decoder.min_frames[c]:decoder.max_frames[c] + 1]
+        assert np.exp(inside).sum() == pytest.approx(1.0)
+        assert np.isneginf(table[c, :decoder.min_frames[c]]).all()
+    assert int(np.argmax(table[W])) == 8 and int(np.argmax(table[G])) == 6
+    uniform = segments.SegmentDecoder.fit([truth], min_quantile=0.0, max_scale=3.0)
+    assert uniform.duration_log_mean is None and (uniform.log_duration()[W, 8:25] == 0).all()
+    with pytest.raises(ValueError, match="durations='gamma'"):
+        segments.SegmentDecoder.fit([truth], durations="gamma")
