@@ -57,9 +57,7 @@ class TrainedModel:
 
     @property
     def needs_keypoints(self) -> bool:
-        """Skeleton models read keypoints only; video models with a person-centred region read
-        keypoints to place it."""
-        return self.recipe.video is None or self.recipe.video.region == "person"
+        return needs_keypoints(self.recipe)
 
     @property
     def clip_frames(self) -> int:
@@ -88,6 +86,12 @@ class TrainedModel:
             logits, _ = self.eval_step(self.state, batch)
             out.append(np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))[:count])
         return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def needs_keypoints(recipe: presets.Recipe) -> bool:
+    """Skeleton models read keypoints only; video models with a person-centred region read
+    keypoints to place it."""
+    return recipe.video is None or recipe.video.region == "person"
 
 
 def load_run(workdir: str | pathlib.Path, *, recipe: presets.Recipe | None = None, seed: int = 0,

@@ -80,7 +80,9 @@ def check_inputs(video: pathlib.Path, keypoints_path: pathlib.Path | None, needs
         keypoints = recordings.read_keypoints_or_error(keypoints_path)
         if isinstance(keypoints, recordings.InputError):
             raise _input_error(keypoints, f"--keypoints={keypoints_path}")
-        if info.declared_frames and keypoints.num_frames != info.declared_frames:
+        # The container's frame count may miss a frame or two (edit lists): only a clear mismatch is
+        # refused here; the decoded count is checked exactly once the video has streamed.
+        if info.declared_frames and abs(keypoints.num_frames - info.declared_frames) > 2:
             raise PredictError(f"--keypoints={keypoints_path} has {keypoints.num_frames} frames of poses but "
                                f"--video={video} has {info.declared_frames} frames: the keypoints need one pose per "
                                "frame of this exact video; run the pose estimator on it.")
@@ -100,20 +102,17 @@ def check_inputs(video: pathlib.Path, keypoints_path: pathlib.Path | None, needs
 class _Stream:
     """The recording as chunks of stored frames; counts what it decoded for the final checks."""
 
-    def __init__(self, video, keypoints, height: int, width: int, fps: float, keep_pixels: bool, chunk: int = 64):
-        self.video, self.keypoints = video, keypoints
+    def __init__(self, video, keypoints, keypoints_path, height: int, width: int, fps: float, keep_pixels: bool,
+                 chunk: int = 64):
+        self.video, self.keypoints, self.keypoints_path = video, keypoints, keypoints_path
         self.hw, self.fps, self.keep_pixels, self.chunk = (height, width), fps, keep_pixels, chunk
         self.source_frames = 0
         self.stored_keypoints: list[np.ndarray] = []  # (n, 17, 3) at the stored size, for the tested side
 
     def __iter__(self):
         indices, frames = [], []
-        source_hw = None
-        for index, frame in videos.stream_frames(self.video, self.hw, self.fps, keep_pixels=self.keep_pixels):
+        for index, frame, source_hw in videos.stream_frames(self.video, self.hw, self.fps, keep_pixels=self.keep_pixels):
             self.source_frames = max(self.source_frames, index + 1)
-            if source_hw is None:
-                source_hw = videos.probe_video(self.video)
-                source_hw = (source_hw.height, source_hw.width)
             indices.append(index)
             frames.append(frame)
             if len(indices) == self.chunk:
@@ -131,8 +130,9 @@ class _Stream:
             out["keypoints"], out["keypoint_scores"] = np.zeros((n, 17, 2), np.float32), np.zeros((n, 17), np.float32)
             return out
         if indices[-1] >= self.keypoints.num_frames:
-            raise PredictError(f"--keypoints has {self.keypoints.num_frames} frames of poses but the video decodes to "
-                               f"more; the keypoints need one pose per frame of this exact video.")
+            raise PredictError(f"--keypoints={self.keypoints_path} has {self.keypoints.num_frames} frames of poses but "
+                               f"--video={self.video} decodes to more: the keypoints need one pose per frame of this "
+                               "exact video; run the pose estimator on it.")
         joints = recordings.scale_keypoints(self.keypoints.joints[indices], source_hw, self.hw)
         self.stored_keypoints.append(joints)
         out["keypoints"] = np.ascontiguousarray(joints[..., :2])
@@ -199,8 +199,7 @@ def predict(args) -> dict:
     from strokevision_jax import inference
 
     height, width, fps, clip_frames = inference.stored_format(recipe.dataset)
-    needs_keypoints = recipe.video is None or recipe.video.region == "person"
-    _, keypoints = check_inputs(video, keypoints_path, needs_keypoints, recipe.model, clip_frames, fps)
+    _, keypoints = check_inputs(video, keypoints_path, inference.needs_keypoints(recipe), recipe.model, clip_frames, fps)
     if args.stride is not None and args.stride < 1:
         raise PredictError(f"--stride={args.stride}: give a number of frames >= 1.")
     stride = args.stride or max(1, clip_frames // 4)
@@ -208,7 +207,7 @@ def predict(args) -> dict:
     began = time.perf_counter()
     model = inference.load_run(workdir, batch_size=args.batch_size)
     loaded = time.perf_counter() - began
-    stream = _Stream(video, keypoints, height, width, fps, keep_pixels=recipe.video is not None)
+    stream = _Stream(video, keypoints, keypoints_path, height, width, fps, keep_pixels=recipe.video is not None)
     info = videos.probe_video(video)
     expected = int(round(info.declared_frames / info.fps * fps)) if info.declared_frames and info.fps else None
     from tqdm import tqdm

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import pathlib
 import sys
@@ -99,7 +100,9 @@ def trial_row(example: dict, line: timeline.Timeline) -> dict:
 def _windows(model, example: dict, path: pathlib.Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """The model's window probabilities over the trial, from `path` when it holds them for this
     stride and checkpoint."""
-    key = f"{model.checkpoint_id}|stride={stride}"
+    run_config = (model.workdir / "run_config.json")
+    settings = run_config.read_text() if run_config.is_file() else repr(model.recipe)
+    key = f"{model.checkpoint_id}|stride={stride}|{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
     if path.is_file():
         with np.load(path, allow_pickle=False) as cached:
             if str(cached["key"]) == key:

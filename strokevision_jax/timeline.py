@@ -125,7 +125,7 @@ class Timeline:
     """The outcome of one recording; frames at `fps`."""
 
     fps: float
-    probabilities: np.ndarray  # (T, classes) per frame
+    probabilities: np.ndarray  # (T, classes) per frame, as the classifier gave them
     argmax: np.ndarray  # (T,) one label per frame
     decoded: np.ndarray  # (T,) the HSMM's segmentation
     count: int  # decoded
@@ -185,9 +185,10 @@ def decode(probabilities: np.ndarray, decoder: segments.SegmentDecoder, fps: flo
     classifier more, a larger one the task's structure)."""
     probabilities = np.asarray(probabilities, np.float64)
     argmax = probabilities.argmax(axis=1)
+    evidence = probabilities
     if class_shares is not None and adaptation:
-        probabilities = adapt_to_shares(probabilities, class_shares, adaptation)
-    scores = np.log(np.clip(probabilities, 1e-6, 1.0)) / evidence_frames
+        evidence = adapt_to_shares(probabilities, class_shares, adaptation)
+    scores = np.log(np.clip(evidence, 1e-6, 1.0)) / evidence_frames
     decoded = decoder.decode(scores)
     count, start = trial_count(decoded, fps, trial_seconds)
     samples = decoder.sample(scores, num_samples, np.random.default_rng(seed))

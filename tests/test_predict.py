@@ -44,7 +44,7 @@ def _predict(run, video, keypoints, out, *extra):
 
 def test_stream_frames_are_the_trial_at_the_stored_size(recording):
     spec, paths = recording
-    frames = list(videos.stream_frames(paths["video"], (SMALL.height, SMALL.width), SMALL.fps))
+    frames = [(i, f) for i, f, _ in videos.stream_frames(paths["video"], (SMALL.height, SMALL.width), SMALL.fps)]
     rendered = np.concatenate([c["video"] for c in trials.render_trial(SMALL, spec)])[:len(frames)]
     assert len(frames) == SECONDS * SMALL.fps
     assert [i for i, _ in frames] == list(range(len(frames)))
@@ -56,7 +56,7 @@ def test_stream_frames_are_the_trial_at_the_stored_size(recording):
     shifted = np.abs(decoded[:-15] - rendered[15:].astype(int)).mean(axis=(1, 2, 3))
     assert difference[:-15].mean() < 0.8 * shifted.mean()
     # At half the frame rate, every other source frame.
-    halved = [i for i, _ in videos.stream_frames(paths["video"], (SMALL.height, SMALL.width), SMALL.fps / 2,
+    halved = [i for i, _, _ in videos.stream_frames(paths["video"], (SMALL.height, SMALL.width), SMALL.fps / 2,
                                                  keep_pixels=False)]
     assert halved == list(range(1, len(frames), 2))
 

@@ -143,3 +143,22 @@ def test_lognormal_durations_are_a_normalised_distribution_that_prefers_typical_
     assert uniform.duration_log_mean is None and (uniform.log_duration()[W, 8:25] == 0).all()
     with pytest.raises(ValueError, match="durations='gamma'"):
         segments.SegmentDecoder.fit([truth], durations="gamma")
+
+
+def test_windows_stream_from_an_endless_recording_with_a_bounded_buffer():
+    """The first windows come out of an endless stream of chunks, and no window's buffer grows:
+    memory does not depend on the recording's length."""
+    import itertools
+
+    pulled = []
+
+    def endless():
+        for index in itertools.count():
+            pulled.append(index)
+            yield {"keypoints": np.full((16, 17, 2), index, np.float32), "keypoint_scores": np.ones((16, 17))}
+
+    windows = list(itertools.islice(timeline.sliding_windows(endless(), 30, 7), 500))
+    assert [s for s, _ in windows[:3]] == [0, 7, 14] and windows[-1][0] == 499 * 7
+    assert len(pulled) <= (499 * 7 + 30) // 16 + 2  # chunks read only as far as the windows need
+    assert max(record["keypoints"].base.shape[0] if record["keypoints"].base is not None else 30
+               for _, record in windows) <= 30 + 16 + 7

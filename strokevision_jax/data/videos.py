@@ -169,11 +169,12 @@ def decode_windows(path: pathlib.Path, windows: Sequence[tuple[float, float] | N
 
 
 def stream_frames(path: pathlib.Path, out_hw: tuple[int, int], fps: float, *,
-                  keep_pixels: bool = True) -> Iterator[tuple[int, np.ndarray | None]]:
+                  keep_pixels: bool = True) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int]]]:
     """The whole file resampled to `fps`, one stored frame at a time (bounded memory): stored
     frame k shows the source frame on screen at (k + 1/2) / fps seconds, as `decode_windows` cuts
-    a window starting at 0. Yields (source frame index, (H, W, 3) uint8 RGB at out_hw, or None
-    without keep_pixels); raises InputError for a damaged file (at the end for a truncated one)."""
+    a window starting at 0. Yields (source frame index, (H, W, 3) uint8 RGB at out_hw or None
+    without keep_pixels, the source frame's (height, width) as players show it); raises
+    InputError for a damaged file (at the end for a truncated one)."""
     k, previous, converted, times = 0, None, None, []
 
     def pixels(index, frame):
@@ -188,7 +189,7 @@ def stream_frames(path: pathlib.Path, out_hw: tuple[int, int], fps: float, *,
         declared = int(container.streams.video[0].frames or 0)
         for index, (t, frame) in enumerate(timed_frames(container, path)):
             while previous is not None and (k + 0.5) / fps < t:
-                yield previous[0], pixels(*previous)
+                yield previous[0], pixels(*previous), display_hw(previous[1])
                 k += 1
             previous = (index, frame)
             times.append(t)
@@ -196,7 +197,7 @@ def stream_frames(path: pathlib.Path, out_hw: tuple[int, int], fps: float, *,
             raise InputError(f"{path.name}: no frame could be decoded", "the file is truncated or damaged; re-export it")
         interval = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / fps
         while (k + 0.5) / fps < times[-1] + interval:
-            yield previous[0], pixels(*previous)
+            yield previous[0], pixels(*previous), display_hw(previous[1])
             k += 1
     if declared and len(times) < declared - 2:  # slack as in decode_windows
         raise InputError(f"{path.name}: the container declares {declared} frames but only {len(times)} decode",
