@@ -271,6 +271,10 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
     state, meta = restored
     test = run.evaluate(state, "test", with_logits=True)
     report_lib.write_predictions(run.workdir / report_lib.PREDICTIONS, run.refs["test"], test.pop("labels"), test.pop("logits"))
+    # The validation clips' probabilities of the chosen checkpoint: what late fusion tunes on.
+    val = run.evaluate(state, "validation", with_logits=True)
+    report_lib.write_predictions(run.workdir / report_lib.VALIDATION_PREDICTIONS, run.refs["validation"],
+                                 val.pop("labels"), val.pop("logits"))
     info = {
         "model": run.recipe.model, "preset": run.recipe.preset, "dataset": run.recipe.dataset,
         "split": run.split.name if run.split is not None else "dataset split",

@@ -102,11 +102,12 @@ def write_report(workdir: pathlib.Path, run: dict, test_metrics: dict, history: 
 
 
 PREDICTIONS = "test_predictions.csv"
+VALIDATION_PREDICTIONS = "validation_predictions.csv"
 
 
 def write_predictions(path: pathlib.Path, refs, labels: np.ndarray, logits: np.ndarray) -> None:
-    """One row per test clip: its stored split and index, the label, the prediction and the
-    class probabilities (softmax of the logits)."""
+    """One row per clip (of the test or validation split): its stored split and index, the label,
+    the prediction and the class probabilities (softmax of the logits)."""
     shifted = np.asarray(logits, np.float64)
     shifted = np.exp(shifted - shifted.max(-1, keepdims=True))
     probabilities = shifted / shifted.sum(-1, keepdims=True)

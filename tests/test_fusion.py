@@ -51,3 +51,50 @@ def test_pairs_that_cannot_be_fused_are_refused():
         fusion.check_pair(video, fusion.RunInfo("runs/mb", "keypoints", "synthetic", {"name": "fold1"}))
     with pytest.raises(fusion.FusionError, match="computed on different clips"):
         fusion.fuse(np.zeros((3, 4)), np.zeros((2, 4)), 0.5)
+
+
+def _fake_run(path, model, probabilities_by_split, labels_by_split, split=None):
+    import json
+
+    from strokevision_jax import report as report_lib
+
+    path.mkdir(parents=True)
+    config = {"model": model, "preset": "cpu", "overrides": {}, "seed": 0}
+    if split is not None:
+        config["split"] = split
+    (path / "run_config.json").write_text(json.dumps(config))
+    for filename, part in ((report_lib.PREDICTIONS, "test"), (report_lib.VALIDATION_PREDICTIONS, "validation")):
+        p = np.asarray(probabilities_by_split[part])
+        refs = [(part, i) for i in range(len(p))]
+        report_lib.write_predictions(path / filename, refs, np.asarray(labels_by_split[part]), np.log(np.maximum(p, 1e-9)))
+    return path
+
+
+def test_fuse_command_on_two_runs(tmp_path, capsys):
+    import json
+
+    from strokevision_jax import fuse
+    from strokevision_jax.models import registry
+
+    video_model = next(s.name for s in registry.MODELS.values() if s.family.input_kind == "video")
+    skeleton_model = next(s.name for s in registry.MODELS.values() if s.family.input_kind == "keypoints")
+    labels = {"validation": [0, 0, 1, 1], "test": [0, 1, 2, 3]}
+    eye = np.eye(4) * 0.6 + 0.1
+    video = _fake_run(tmp_path / "v", video_model,
+                      {"validation": [[.5, .5, 0, 0], [.9, .1, 0, 0], [.5, .5, 0, 0], [.1, .9, 0, 0]],
+                       "test": [[.4, .1, .1, .4], [.1, .7, .1, .1], [.1, .1, .7, .1], [.4, .1, .1, .4]]}, labels)
+    skeleton = _fake_run(tmp_path / "s", skeleton_model,
+                         {"validation": [[.9, .1, 0, 0], [.5, .5, 0, 0], [.1, .9, 0, 0], [.5, .5, 0, 0]], "test": eye},
+                         labels)
+    assert fuse.main([f"--video={video}", f"--skeleton={skeleton}", f"--out={tmp_path / 'f'}"]) == 0
+    result = json.loads((tmp_path / "f" / "fusion.json").read_text())
+    assert result["weight"] == 0.5  # the symmetric validation scores: an even mix
+    assert result["test"]["fusion"]["accuracy"] == 1.0 and result["test"]["video"]["accuracy"] == 0.75
+    assert "weight of the video run 0.50" in capsys.readouterr().out
+
+    other_fold = _fake_run(tmp_path / "s2", skeleton_model, {"validation": eye, "test": eye}, labels,
+                           split={"name": "fold1"})
+    assert fuse.main([f"--video={video}", f"--skeleton={other_fold}"]) == 2
+    assert "different splits or folds" in capsys.readouterr().err
+    assert fuse.main([f"--video={video}", f"--skeleton={video}"]) == 2
+    assert "both video runs" in capsys.readouterr().err

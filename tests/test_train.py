@@ -12,6 +12,7 @@ import pytest
 
 from strokevision_jax import dataset as dataset_lib
 from strokevision_jax import loop, presets, train
+from strokevision_jax import report as report_lib
 from strokevision_jax.data.pipeline import VideoConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -194,6 +195,9 @@ def test_train_resume_and_report(data_dir, tmp_path, monkeypatch, capfd):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert (tmp_path / "b" / "confusion_matrix.png").exists()
+    validation = report_lib.read_predictions(tmp_path / "b" / report_lib.VALIDATION_PREDICTIONS)
+    assert len(validation) == len(dataset_lib.load_source("validation", "synthetic_small", data_dir))
+    assert {row["split"] for row in validation} == {"validation"}
 
     # The newest checkpoint damaged (its metadata file truncated, as a full disk leaves it): the
     # rerun sets it aside, says so, goes back one epoch and ends exactly as the uninterrupted run.
