@@ -113,6 +113,29 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 PAPER_MODELS = ",".join(registry.short_name(name) for name in registry.PAPER_MODELS)
 
 
+def resolve_fusions(text: str, models: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """`video+skeleton,...` -> ((video model, skeleton model), ...), both models of the study."""
+    out = []
+    for entry in [e.strip() for e in text.split(",") if e.strip()]:
+        parts = entry.split("+")
+        if len(parts) != 2:
+            raise StudyError(f"--fusions: {entry!r} is not <video model>+<skeleton model>, e.g. r2plus1d+msg3d.")
+        try:
+            video, skeleton = (registry.resolve(part.strip()) for part in parts)
+        except registry.UnknownModelError as error:
+            raise StudyError(f"--fusions: {error}") from None
+        kinds = [registry.get(m).family.input_kind for m in (video, skeleton)]
+        if kinds[0] != "video" or kinds[1] == "video":
+            raise StudyError(f"--fusions: {entry!r} must name a video model first and a skeleton model second "
+                             f"({video} reads {kinds[0]}, {skeleton} reads {kinds[1]}).")
+        absent = [m for m in (video, skeleton) if m not in models]
+        if absent:
+            raise StudyError(f"--fusions: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not a model of "
+                             "this study; add it to --models first.")
+        out.append((video, skeleton))
+    return tuple(out)
+
+
 def resolve_models(text: str) -> tuple[str, ...]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -336,6 +359,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=0, help="grain worker processes per run")
     parser.add_argument("--fold_seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--shard", default=None, help="i/n: run every n-th run from run i (0 <= i < n)")
+    parser.add_argument("--fusions", default="",
+                        help="late fusions to add to the tables, e.g. r2plus1d+msg3d (a video and a skeleton "
+                             "model of the study; computed from their finished runs, nothing is trained)")
     parser.add_argument("--summarize", action="store_true",
                         help="only merge the finished runs into the tables (lists missing runs)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 1000)")
@@ -373,7 +399,8 @@ def main(argv=None) -> int:
             if missing and shard[1] > 1:
                 print(f"study: {len(missing)} runs of other shards are not finished yet; the tables will list "
                       "them as missing (rerun with --summarize when all shards are done).")
-        summary = study_report.summarize(study_dir, settings, resamples=args.resamples)
+        fusions = resolve_fusions(args.fusions, settings.models)
+        summary = study_report.summarize(study_dir, settings, resamples=args.resamples, fusions=fusions)
         print(summary["text"])
         print(f"study: tables in {study_dir} (table.md, results.csv, predictions.csv, summary.json, *.png)")
         running = [r for r in summary["missing"] if live_holder(r.workdir(study_dir)) is not None]

@@ -5,6 +5,7 @@ comparisons), summary.json, accuracy.png and confusions.png."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -23,25 +24,91 @@ COST_HEADING = "## Cost and machine"
 RESULT_COLUMNS = (["model", "fold", "seed", "test_accuracy", "macro_f1"]
                   + [f"accuracy_{name}" for name in CLASS_NAMES]
                   + ["test_clips", "epochs", "best_epoch", "wall_seconds", "train_clips_per_s", "parameters",
-                     "gflops_per_clip", "workdir"])
+                     "gflops_per_clip", "workdir", "fusion_weight"])
+FUSION_STATISTICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("transport_confusion", "with ↔ without confusion"))
+
+
+FUSION_PREFIX = "fusion:"
+
+
+def fusion_name(video: str, skeleton: str) -> str:
+    return f"{FUSION_PREFIX}{video}+{skeleton}"
+
+
+def fusion_parts(name: str) -> tuple[str, str] | None:
+    """(video model, skeleton model) of a late-fusion entry, None for a model."""
+    if not name.startswith(FUSION_PREFIX):
+        return None
+    video, _, skeleton = name[len(FUSION_PREFIX):].partition("+")
+    return video, skeleton
 
 
 def _display_name(model: str) -> str:
+    if fusion_parts(model):
+        video, skeleton = fusion_parts(model)
+        return f"late fusion {video} + {skeleton}"
     short = registry.get(model).aliases
     return f"{model} ({short[0]})" if short else model
 
 
 def _input_name(model: str) -> str:
+    if fusion_parts(model):
+        return "RGB + keypoints"
     return "RGB" if registry.get(model).family.modality == "rgb" else "keypoints"
 
 
 def _paper_accuracy(model: str) -> str:
     """The paper's Table 1 (accuracy %, real recordings of stroke patients; arXiv 2509.07994)."""
+    if fusion_parts(model):
+        return "—"
     return registry.get(model).paper_accuracy or "—"
 
 
-def collect(study_dir: pathlib.Path, settings) -> tuple[list[dict], list[dict], list]:
-    """(result rows, prediction rows, missing runs) from the runs on disk."""
+def _prediction_rows(path: pathlib.Path, clips: dict, model: str, fold: int, seed: int) -> list[dict]:
+    out = []
+    for p in report.read_predictions(path):
+        clip = clips[(p["split"], int(p["index"]))]
+        if clip.label != int(p["label"]):
+            raise study.StudyError(f"{path}: clip {clip.clip_id} has label {p['label']}, "
+                                   f"the dataset says {clip.label}; the run was made on other data.")
+        out.append({"model": model, "fold": fold, "seed": seed, "clip_id": clip.clip_id,
+                    "patient": clip.patient, "split": clip.split, "index": clip.index,
+                    "label": clip.label, "prediction": int(p["prediction"]),
+                    **{k: p[k] for k in p if k.startswith("p_")}})
+    return out
+
+
+def collect_fusions(study_dir: pathlib.Path, settings, fusions, clips: dict) -> tuple[list[dict], list[dict]]:
+    """Rows and predictions of each late fusion (video, skeleton) on every fold and seed where both
+    runs are finished; the weight is chosen on that run pair's validation clips."""
+    from strokevision_jax import fuse, fusion
+
+    rows, predictions = [], []
+    for video, skeleton in fusions:
+        name = fusion_name(video, skeleton)
+        for run in study.all_runs(dataclasses.replace(settings, models=(video,))):
+            video_dir = run.workdir(study_dir)
+            skeleton_dir = study.RunSpec(skeleton, run.fold, run.seed).workdir(study_dir)
+            if not (study.is_finished(video_dir) and study.is_finished(skeleton_dir)):
+                continue
+            out = study.RunSpec(f"fusion_{video}+{skeleton}", run.fold, run.seed).workdir(study_dir)
+            try:
+                result = fuse.fuse_runs(video_dir, skeleton_dir, out)
+            except fusion.FusionError as error:
+                raise study.StudyError(f"late fusion {video} + {skeleton}: {error}") from None
+            test = result["test"]["fusion"]
+            rows.append({"model": name, "fold": run.fold, "seed": run.seed, "test_accuracy": test["accuracy"],
+                         "macro_f1": test["macro_f1"],
+                         **{f"accuracy_{n}": test["per_class_accuracy"][n] for n in CLASS_NAMES},
+                         "test_clips": test["num_examples"], "epochs": "", "best_epoch": "",
+                         "wall_seconds": 0.0, "train_clips_per_s": "", "parameters": "", "gflops_per_clip": "",
+                         "workdir": os.path.relpath(out, study_dir), "fusion_weight": result["weight"]})
+            predictions += _prediction_rows(out / report.PREDICTIONS, clips, name, run.fold, run.seed)
+    return rows, predictions
+
+
+def collect(study_dir: pathlib.Path, settings, fusions=()) -> tuple[list[dict], list[dict], list]:
+    """(result rows, prediction rows, missing runs) from the runs on disk, and the late fusions'."""
     clips = {(c.split, c.index): c for c in folds_lib.load_clips(study_dir / study.CLIPS_FILE)}
     rows, predictions, missing = [], [], []
     for run in study.all_runs(settings):
@@ -69,16 +136,9 @@ def collect(study_dir: pathlib.Path, settings) -> tuple[list[dict], list[dict], 
             "workdir": os.path.relpath(run_dir, study_dir),
         }
         rows.append(row)
-        for p in report.read_predictions(run_dir / report.PREDICTIONS):
-            clip = clips[(p["split"], int(p["index"]))]
-            if clip.label != int(p["label"]):
-                raise study.StudyError(f"{run_dir / report.PREDICTIONS}: clip {clip.clip_id} has label {p['label']}, "
-                                       f"the dataset says {clip.label}; the run was made on other data.")
-            predictions.append({"model": run.model, "fold": run.fold, "seed": run.seed, "clip_id": clip.clip_id,
-                                "patient": clip.patient, "split": clip.split, "index": clip.index,
-                                "label": clip.label, "prediction": int(p["prediction"]),
-                                **{k: p[k] for k in p if k.startswith("p_")}})
-    return rows, predictions, missing
+        predictions += _prediction_rows(run_dir / report.PREDICTIONS, clips, run.model, run.fold, run.seed)
+    fusion_rows, fusion_predictions = collect_fusions(study_dir, settings, fusions, clips)
+    return rows + fusion_rows, predictions + fusion_predictions, missing
 
 
 def _write_csv(path: pathlib.Path, rows: list[dict], columns) -> None:
@@ -120,6 +180,15 @@ def model_summaries(rows: list[dict], predictions: list[dict], models, resamples
         if shared.sum() >= 2:
             summary["versus_best"] = stats.paired_difference(a[shared], b[shared], "accuracy", resamples, seed)
             summary["versus_best_patients"] = int(shared.sum())
+    for model, summary in summaries.items():  # a late fusion against each of its two runs, paired
+        if fusion_parts(model) is None:
+            continue
+        summary["versus_parts"] = {}
+        for part in fusion_parts(model):
+            if part in confusions:
+                summary["versus_parts"][part] = {
+                    statistic: stats.paired_difference(confusions[model], confusions[part], statistic, resamples, seed)
+                    for statistic, _ in FUSION_STATISTICS}
     return summaries
 
 
@@ -165,6 +234,7 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
             f"{boot['accuracy'].format()} | {100 * s['run_mean']:.1f}{sd} | {boot['macro_f1'].format()} | "
             f"{per_class} | {boot['transport_confusion'].format()} | {versus} | {_paper_accuracy(model)} |")
     lines.append("")
+    lines += _fusion_lines(summaries, rows)
     if majority is not None:
         lines += [f"Always predicting the most frequent class would score {100 * majority:.1f} %.", ""]
     if missing:
@@ -175,7 +245,7 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
               "", COST_HEADING, ""]
     lines.append("| model | wall time per run (mean) | train clips/s | parameters | GFLOPs per clip (one view) |")
     lines.append("|---|---|---|---|---|")
-    for model in order:
+    for model in [m for m in order if fusion_parts(m) is None]:
         mine = [r for r in rows if r["model"] == model]
         rates = [r["train_clips_per_s"] for r in mine if r["train_clips_per_s"] != ""]
         lines.append(f"| {model} | {np.mean([r['wall_seconds'] for r in mine]) / 60:.1f} min | "
@@ -187,6 +257,24 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
               f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()} "
               f"({_jax_devices()})."]
     return "\n".join(lines) + "\n"
+
+
+def _fusion_lines(summaries: dict, rows: list[dict]) -> list[str]:
+    fusions = [m for m in summaries if fusion_parts(m) and summaries[m].get("versus_parts")]
+    if not fusions:
+        return []
+    lines = ["Late fusion against each of its runs (paired patient bootstrap on the same clips; the video "
+             "run's weight chosen on each fold's validation patients by log-loss):", "",
+             "| late fusion | against | weights (per run) | " + " | ".join(
+                 f"Δ {label} (pp) [95 % CI], p" for _, label in FUSION_STATISTICS) + " |",
+             "|---|---|---|" + "---|" * len(FUSION_STATISTICS)]
+    for model in fusions:
+        weights = ", ".join(f"{r['fusion_weight']:.2f}" for r in rows if r["model"] == model)
+        for part, differences in summaries[model]["versus_parts"].items():
+            cells = " | ".join(f"{differences[s].interval.format()}, p = {differences[s].p_value:.3f}"
+                               for s, _ in FUSION_STATISTICS)
+            lines.append(f"| {_display_name(model)} | {part} | {weights} | {cells} |")
+    return lines + [""]
 
 
 def _jax_devices() -> str:
@@ -270,21 +358,26 @@ def _summary_json(summaries: dict) -> dict:
             entry["accuracy_minus_best"] = {"value": d.interval.value, "low": d.interval.low,
                                             "high": d.interval.high, "p_value": d.p_value,
                                             "patients": s["versus_best_patients"]}
+        for part, differences in s.get("versus_parts", {}).items():
+            entry.setdefault("minus_parts", {})[part] = {
+                statistic: {"value": d.interval.value, "low": d.interval.low, "high": d.interval.high,
+                            "p_value": d.p_value} for statistic, d in differences.items()}
         out[model] = entry
     return out
 
 
-def summarize(study_dir: pathlib.Path, settings, resamples: int = 2000, seed: int = 0) -> dict:
+def summarize(study_dir: pathlib.Path, settings, resamples: int = 2000, seed: int = 0, fusions=()) -> dict:
     """Writes every output of the study from the finished runs; returns {"text", "missing"}."""
     study_dir = pathlib.Path(study_dir)
     if not (study_dir / study.CLIPS_FILE).exists():
         raise study.StudyError(f"{study_dir} has no {study.CLIPS_FILE}: no run of this study has started yet.")
-    rows, predictions, missing = collect(study_dir, settings)
+    rows, predictions, missing = collect(study_dir, settings, fusions)
     _write_csv(study_dir / "results.csv", rows, RESULT_COLUMNS)
     prediction_columns = (["model", "fold", "seed", "clip_id", "patient", "split", "index", "label", "prediction"]
                           + [f"p_{n}" for n in CLASS_NAMES])
     _write_csv(study_dir / "predictions.csv", predictions, prediction_columns)
-    summaries = model_summaries(rows, predictions, settings.models, resamples, seed)
+    models = tuple(settings.models) + tuple(fusion_name(v, s) for v, s in fusions)
+    summaries = model_summaries(rows, predictions, models, resamples, seed)
     labels = np.array([p["label"] for p in predictions], np.int64)
     majority = float(np.bincount(labels, minlength=len(CLASS_NAMES)).max() / len(labels)) if len(labels) else None
     text = table_markdown(settings, summaries, rows, missing, resamples, seed, majority)
@@ -294,5 +387,5 @@ def summarize(study_dir: pathlib.Path, settings, resamples: int = 2000, seed: in
         indent=1, default=float) + "\n")
     if summaries:
         plot_accuracy(summaries, rows, study_dir / "accuracy.png", majority)
-        plot_confusions(predictions, settings.models, study_dir / "confusions.png")
+        plot_confusions(predictions, models, study_dir / "confusions.png")
     return {"text": text, "missing": missing}

@@ -81,6 +81,12 @@ def _fake_run(study_dir, s, model, fold, outcomes, clips):
     predictions = np.array([p for _, p in outcomes])
     logits = np.eye(4)[predictions] * 5.0
     report.write_predictions(run_dir / report.PREDICTIONS, [(c.split, c.index) for c, _ in outcomes], labels, logits)
+    # Validation clips (for late fusion): the video model sure and right, the skeleton model unsure.
+    sure = model == "r3d_18"
+    report.write_predictions(run_dir / report.VALIDATION_PREDICTIONS, [(c.split, c.index) for c, _ in outcomes],
+                             labels, np.eye(4)[labels] * (5.0 if sure else 0.0))
+    (run_dir / "run_config.json").write_text(json.dumps(
+        {"model": model, "preset": s.preset, "overrides": s.overrides(), "seed": 0, "split": {"fold": fold}}))
     test = report.classification_metrics(labels, predictions)
     history = [{"epoch": 1, "seconds": 60.0, "train_seconds": 50.0, "train_clips": 100}]
     (run_dir / "report.json").write_text(json.dumps({"run": {"best_epoch": 1}, "test": test, "history": history}))
@@ -126,6 +132,31 @@ def test_summarize_against_hand_computed_figures(tmp_path):
     assert "-12.5 [-50.0, 25.0]" in table
     assert "All 4 runs finished." in table and not result["missing"]
     assert (study_dir / "accuracy.png").stat().st_size > 0 and (study_dir / "confusions.png").stat().st_size > 0
+
+
+def test_late_fusion_rows_with_paired_differences_to_each_run(tmp_path):
+    """The video run is sure and right on every fold's validation clips, the skeleton run
+    unsure: the weight goes to the video run (1.0), so the fusion's test predictions are the
+    video run's: a difference of exactly 0 to it and +12.5 pp to the skeleton run."""
+    s, study_dir = _hand_made_study(tmp_path)
+    fusions = study.resolve_fusions("r3d+motionbert", s.models)
+    assert fusions == (("r3d_18", "motionbert"),)
+    study_report.summarize(study_dir, s, resamples=2000, fusions=fusions)
+    summary = json.loads((study_dir / "summary.json").read_text())["models"]
+    fused = summary["fusion:r3d_18+motionbert"]
+    assert fused["accuracy"]["value"] == 0.625
+    versus_video, versus_skeleton = fused["minus_parts"]["r3d_18"], fused["minus_parts"]["motionbert"]
+    assert (versus_video["accuracy"]["value"], versus_video["accuracy"]["low"], versus_video["accuracy"]["high"]) == (0, 0, 0)
+    assert versus_skeleton["accuracy"]["value"] == pytest.approx(0.125)
+    rows = [r for r in csv.DictReader((study_dir / "results.csv").open()) if r["model"].startswith("fusion:")]
+    assert [float(r["fusion_weight"]) for r in rows] == [1.0, 1.0]
+    table = (study_dir / "table.md").read_text()
+    assert "| late fusion r3d_18 + motionbert | RGB + keypoints | 2 | 62.5 [25.0, 100.0] |" in table
+    assert "| late fusion r3d_18 + motionbert | motionbert | 1.00, 1.00 | 12.5 [" in table
+    for bad, message in (("motionbert+r3d", "video model first"), ("r3d+msg3d", "msg3d is not a model of this study"),
+                         ("r3d", r"is not <video model>\+<skeleton model>")):
+        with pytest.raises(study.StudyError, match=message):
+            study.resolve_fusions(bad, s.models)
 
 
 def test_summarize_lists_missing_runs(tmp_path):
