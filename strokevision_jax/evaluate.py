@@ -3,7 +3,8 @@
     python -m strokevision_jax.evaluate --workdir=runs/r2plus1d_18_cpu
 
 reads the run's settings from <workdir>/run_config.json, restores checkpoints/best and rewrites
-report.json, report.txt and confusion_matrix.png.
+report.json, report.txt, confusion_matrix.png, test_predictions.csv and validation_predictions.csv
+(the last one is what late fusion, python -m strokevision_jax.fuse, tunes its weight on).
 """
 
 from __future__ import annotations
