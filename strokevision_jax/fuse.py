@@ -89,6 +89,31 @@ def fuse_runs(video: pathlib.Path, skeleton: pathlib.Path, out: pathlib.Path) ->
     return result
 
 
+class FusedModel:
+    """Two loaded runs (`inference.TrainedModel`) as one: the interface `timeline` slides over a
+    recording, with the fused probabilities of each window."""
+
+    def __init__(self, video_model, skeleton_model, weight: float):
+        self.video_model, self.skeleton_model, self.weight = video_model, skeleton_model, weight
+        self.clip_frames = video_model.clip_frames
+        self.batch_size = video_model.batch_size
+        self.checkpoint_id = f"{video_model.checkpoint_id} + {skeleton_model.checkpoint_id}, weight {weight:.2f}"
+
+    def probabilities(self, records) -> np.ndarray:
+        return fusion.fuse(self.video_model.probabilities(records), self.skeleton_model.probabilities(records),
+                           self.weight)
+
+
+def pair_weight(first: pathlib.Path, second: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, fusion.WeightChoice]:
+    """(video run, skeleton run, the weight chosen on their validation clips) of two runs given in
+    any order; FusionError when they cannot be fused."""
+    a, b = run_info(first), run_info(second)
+    video, skeleton = (first, second) if a.kind == "video" else (second, first)
+    fusion.check_pair(*((a, b) if a.kind == "video" else (b, a)))
+    _, labels, p_video, p_skeleton = _aligned(video, skeleton, report_lib.VALIDATION_PREDICTIONS)
+    return video, skeleton, fusion.choose_weight(p_video, p_skeleton, labels)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m strokevision_jax.fuse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

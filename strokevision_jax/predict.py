@@ -16,6 +16,9 @@ durations). Writes into --out (default: predictions/<video stem>/), all or nothi
     <stem>.png            the probabilities over time with the segments (and the truth, if given)
 Keypoints: the formats of the `manual` import (MMPose / Sapiens JSON, OpenPose folders, .npy /
 .npz), one pose per video frame. Video models with a person-centred crop read them too.
+--fuse_with=RUN adds a run of the other modality (same dataset and split): each window's
+probabilities are the late fusion of both runs', with the weight `fuse` chooses on their
+validation clips.
 """
 
 from __future__ import annotations
@@ -192,22 +195,42 @@ def staged(out: pathlib.Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _load(workdir: pathlib.Path, fuse_with: pathlib.Path | None, batch_size: int):
+    """The model to slide over the recording: the run's, or its late fusion with `fuse_with`."""
+    from strokevision_jax import inference
+
+    if fuse_with is None:
+        return inference.load_run(workdir, batch_size=batch_size)
+    from strokevision_jax import fuse, fusion
+
+    try:
+        video_run, skeleton_run, choice = fuse.pair_weight(workdir, fuse_with)
+    except fusion.FusionError as error:
+        raise PredictError(f"--fuse_with={fuse_with}: {error}") from None
+    return fuse.FusedModel(inference.load_run(video_run, batch_size=batch_size),
+                           inference.load_run(skeleton_run, batch_size=batch_size), choice.weight)
+
+
 def predict(args) -> dict:
     workdir, video = pathlib.Path(args.workdir), pathlib.Path(args.video)
     keypoints_path = pathlib.Path(args.keypoints) if args.keypoints else None
-    recipe = _recipe_of(workdir)
+    fuse_with = pathlib.Path(args.fuse_with) if getattr(args, "fuse_with", None) else None
+    recipes = [_recipe_of(workdir)] + ([_recipe_of(fuse_with)] if fuse_with is not None else [])
+    recipe = recipes[0]
     from strokevision_jax import inference
 
     height, width, fps, clip_frames = inference.stored_format(recipe.dataset)
-    _, keypoints = check_inputs(video, keypoints_path, inference.needs_keypoints(recipe), recipe.model, clip_frames, fps)
+    needs = [r for r in recipes if inference.needs_keypoints(r)]
+    _, keypoints = check_inputs(video, keypoints_path, bool(needs), (needs or recipes)[0].model, clip_frames, fps)
     if args.stride is not None and args.stride < 1:
         raise PredictError(f"--stride={args.stride}: give a number of frames >= 1.")
     stride = args.stride or max(1, clip_frames // 4)
 
     began = time.perf_counter()
-    model = inference.load_run(workdir, batch_size=args.batch_size)
+    model = _load(workdir, fuse_with, args.batch_size)
     loaded = time.perf_counter() - began
-    stream = _Stream(video, keypoints, keypoints_path, height, width, fps, keep_pixels=recipe.video is not None)
+    stream = _Stream(video, keypoints, keypoints_path, height, width, fps,
+                     keep_pixels=any(r.video is not None for r in recipes))
     info = videos.probe_video(video)
     expected = int(round(info.declared_frames / info.fps * fps)) if info.declared_frames and info.fps else None
     from tqdm import tqdm
@@ -237,7 +260,8 @@ def predict(args) -> dict:
         side = timeline.tested_side(joints[..., :2], joints[..., 2])
     report = {
         "recording": str(video), "keypoints": None if keypoints_path is None else str(keypoints_path),
-        "run": str(workdir.absolute()), "model": recipe.model, "preset": recipe.preset, "weights": model.checkpoint_id,
+        "run": str(workdir.absolute()), "model": " + ".join(r.model for r in recipes), "preset": recipe.preset,
+        "weights": model.checkpoint_id, "fused_with": None if fuse_with is None else str(fuse_with.absolute()),
         **line.summary(),
         "hand": {"side": side, "affected": args.hand or (truth or {}).get("hand")},
         "segments": line.segments(), "argmax_segments": line.segments(line.argmax),
@@ -269,6 +293,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="a training run (python -m strokevision_jax.train)")
     parser.add_argument("--video", required=True, help="the recording (.mp4, .avi, .mov, .mkv, .webm, .m4v)")
     parser.add_argument("--keypoints", default=None, help="the pose estimator's output for the video")
+    parser.add_argument("--fuse_with", default=None,
+                        help="a second run of the other modality (same dataset and split): late fusion, the "
+                             "weight chosen on the two runs' validation clips")
     parser.add_argument("--out", default=None, help="output directory (default: predictions/<video stem>)")
     parser.add_argument("--stride", type=int, default=None, help="frames between windows (default: a quarter clip)")
     parser.add_argument("--batch_size", type=int, default=32, help="windows per call of the model")

@@ -119,7 +119,8 @@ def resolve_fusions(text: str, models: tuple[str, ...]) -> tuple[tuple[str, str]
     for entry in [e.strip() for e in text.split(",") if e.strip()]:
         parts = entry.split("+")
         if len(parts) != 2:
-            raise StudyError(f"--fusions: {entry!r} is not <video model>+<skeleton model>, e.g. r2plus1d+msg3d.")
+            raise StudyError(f"--fusions: {entry!r} is not <video model>+<skeleton model> (two models of the "
+                             "study, short names allowed).")
         try:
             video, skeleton = (registry.resolve(part.strip()) for part in parts)
         except registry.UnknownModelError as error:
@@ -360,8 +361,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--fold_seed", type=int, default=0, help="seed of the fold assignment")
     parser.add_argument("--shard", default=None, help="i/n: run every n-th run from run i (0 <= i < n)")
     parser.add_argument("--fusions", default="",
-                        help="late fusions to add to the tables, e.g. r2plus1d+msg3d (a video and a skeleton "
-                             "model of the study; computed from their finished runs, nothing is trained)")
+                        help="late fusions to add to the tables: <video model>+<skeleton model>,... (short names "
+                             "allowed; models of the study; computed from their finished runs, nothing is trained)")
     parser.add_argument("--summarize", action="store_true",
                         help="only merge the finished runs into the tables (lists missing runs)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 1000)")

@@ -98,3 +98,20 @@ def test_fuse_command_on_two_runs(tmp_path, capsys):
     assert "different splits or folds" in capsys.readouterr().err
     assert fuse.main([f"--video={video}", f"--skeleton={video}"]) == 2
     assert "both video runs" in capsys.readouterr().err
+
+
+def test_fused_model_mixes_each_window_of_the_two_runs():
+    from strokevision_jax import fuse
+
+    class Fake:
+        clip_frames, batch_size, checkpoint_id = 30, 8, "step 1"
+
+        def __init__(self, value):
+            self.value = np.asarray(value)
+
+        def probabilities(self, records):
+            return np.tile(self.value, (len(records), 1))
+
+    model = fuse.FusedModel(Fake([1.0, 0, 0, 0]), Fake([0, 0, 0.5, 0.5]), 0.25)
+    np.testing.assert_allclose(model.probabilities([{}, {}]), [[0.25, 0, 0.375, 0.375]] * 2)
+    assert model.clip_frames == 30 and "weight 0.25" in model.checkpoint_id

@@ -156,3 +156,10 @@ def test_damaged_files_and_wrong_workdir_are_refused(run, recording, tmp_path, c
     not_a_run.mkdir()
     _assert_refused(_predict(not_a_run, paths["video"], paths["keypoints"], out), capsys, out,
                     "is not a training run", "run_config.json")
+
+
+def test_fusing_two_skeleton_runs_is_refused(run, recording, tmp_path, capsys):
+    _, paths = recording
+    out = tmp_path / "out"
+    _assert_refused(_predict(run, paths["video"], paths["keypoints"], out, f"--fuse_with={run}"), capsys, out,
+                    "--fuse_with=", "both skeleton runs")
