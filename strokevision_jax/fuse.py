@@ -97,7 +97,11 @@ class FusedModel:
         self.video_model, self.skeleton_model, self.weight = video_model, skeleton_model, weight
         self.clip_frames = video_model.clip_frames
         self.batch_size = video_model.batch_size
-        self.checkpoint_id = f"{video_model.checkpoint_id} + {skeleton_model.checkpoint_id}, weight {weight:.2f}"
+        # what the windows need: the video run's frames and both runs' keypoints
+        self.recipe, self.workdir = video_model.recipe, video_model.workdir
+        self.name = f"{video_model.name} + {skeleton_model.name}"
+        self.checkpoint_id = (f"{video_model.checkpoint_id} + {skeleton_model.checkpoint_id} of "
+                              f"{getattr(skeleton_model, 'workdir', '?')}, weight {weight:.2f}")
 
     def probabilities(self, records) -> np.ndarray:
         return fusion.fuse(self.video_model.probabilities(records), self.skeleton_model.probabilities(records),

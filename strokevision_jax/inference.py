@@ -60,6 +60,10 @@ class TrainedModel:
         return needs_keypoints(self.recipe)
 
     @property
+    def name(self) -> str:
+        return self.recipe.model
+
+    @property
     def clip_frames(self) -> int:
         """Stored frames one window covers (the dataset's clip length)."""
         return stored_format(self.recipe.dataset)[3]

@@ -195,7 +195,7 @@ def staged(out: pathlib.Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _load(workdir: pathlib.Path, fuse_with: pathlib.Path | None, batch_size: int):
+def load_model(workdir: pathlib.Path, fuse_with: pathlib.Path | None, batch_size: int):
     """The model to slide over the recording: the run's, or its late fusion with `fuse_with`."""
     from strokevision_jax import inference
 
@@ -227,7 +227,7 @@ def predict(args) -> dict:
     stride = args.stride or max(1, clip_frames // 4)
 
     began = time.perf_counter()
-    model = _load(workdir, fuse_with, args.batch_size)
+    model = load_model(workdir, fuse_with, args.batch_size)
     loaded = time.perf_counter() - began
     stream = _Stream(video, keypoints, keypoints_path, height, width, fps,
                      keep_pixels=any(r.video is not None for r in recipes))

@@ -12,7 +12,8 @@ for the HSMM decoder (the top-level keys of score.json) and for one argmax per f
 (`argmax`), over all trials and per hand (`per_hand`). Writes into --out (default
 <workdir>/score): score.json, score.md, trials.csv, bland_altman.png and timelines/<trial>.png.
 The model's window probabilities are kept in windows/<trial>.npz: a rerun with other decoding
-settings does not run the model again.
+settings does not run the model again. --fuse_with=RUN scores the late fusion of the run with a
+run of the other modality (default --out: <workdir>/score_fusion_<its name>).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def trial_row(example: dict, line: timeline.Timeline) -> dict:
 def _windows(model, example: dict, path: pathlib.Path, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """The model's window probabilities over the trial, from `path` when it holds them for this
     stride and checkpoint."""
-    run_config = (model.workdir / "run_config.json")
+    run_config = model.workdir / "run_config.json"
     settings = run_config.read_text() if run_config.is_file() else repr(model.recipe)
     key = f"{model.checkpoint_id}|stride={stride}|{hashlib.sha256(settings.encode()).hexdigest()[:16]}"
     if path.is_file():
@@ -152,15 +153,17 @@ def main(argv=None) -> int:
                         help="strength (0-1) of the adaptation of the recording's class balance to a trial's")
     parser.add_argument("--out", default=None, help="output directory (default: <workdir>/score)")
     parser.add_argument("--data_dir", default=None, help="TFDS data directory (default: $TFDS_DATA_DIR)")
+    parser.add_argument("--fuse_with", default=None, help="a run of the other modality: score their late fusion")
     parser.add_argument("--no_plots", action="store_true", help="skip the per-trial timeline PNGs")
     args = parser.parse_args(argv)
 
-    from strokevision_jax import dataset, inference
+    from strokevision_jax import dataset
     from strokevision_jax.errors import TrainingError
+    from strokevision_jax.predict import PredictError, load_model
 
     try:
-        model = inference.load_run(args.workdir, batch_size=32, log=print)
-    except TrainingError as error:
+        model = load_model(pathlib.Path(args.workdir), pathlib.Path(args.fuse_with) if args.fuse_with else None, 32)
+    except (TrainingError, PredictError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     trials_dataset = args.dataset or TRIAL_DATASETS.get(model.recipe.dataset)
@@ -169,7 +172,8 @@ def main(argv=None) -> int:
               f"{', '.join(TRIAL_DATASETS.values())}; give one of them.", file=sys.stderr)
         return 2
     stride = args.stride or max(1, model.clip_frames // 4)
-    out = pathlib.Path(args.out or pathlib.Path(args.workdir) / "score")
+    default_out = "score" if not args.fuse_with else f"score_fusion_{pathlib.Path(args.fuse_with).name}"
+    out = pathlib.Path(args.out or pathlib.Path(args.workdir) / default_out)
     (out / "windows").mkdir(parents=True, exist_ok=True)
     task = timeline.trial_model(trials_dataset)
     source = dataset.load_source(args.split, trials_dataset, args.data_dir)
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
         print(f"error: split {args.split!r} of {trials_dataset} holds no trial.", file=sys.stderr)
         return 2
     scores = summarize(rows)
-    scores["settings"] = {"workdir": str(pathlib.Path(args.workdir).absolute()), "model": model.recipe.model,
+    scores["settings"] = {"workdir": str(pathlib.Path(args.workdir).absolute()), "model": model.name,
                           "preset": model.recipe.preset, "dataset": trials_dataset, "split": args.split,
                           "stride": stride, "evidence_frames": args.evidence_frames, "adaptation": args.adaptation,
                           "decoder": task.note, "decoder_parameters": task.decoder.to_json(),
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(handle, fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    notes = [f"Run `{args.workdir}` ({model.recipe.model}, preset {model.recipe.preset}) on the {len(rows)} "
+    notes = [f"Run `{args.workdir}` ({model.name}, preset {model.recipe.preset}) on the {len(rows)} "
              f"{args.split}-split trials of `{trials_dataset}`; windows every {stride} frames; decoder: "
              f"{task.note}; evidence_frames {args.evidence_frames:g}, adaptation {args.adaptation:g}."]
     (out / "score.md").write_text(markdown(scores, rows, "Whole-trial scores", notes))
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
     if limits is not None:
         timeline_plots.plot_bland_altman(out / "bland_altman.png", [r["true_count"] for r in rows],
                                          [r["decoded_count"] for r in rows], limits, [r["hand"] for r in rows],
-                                         f"{model.recipe.model} ({model.recipe.preset}), {args.split} trials")
+                                         f"{model.name} ({model.recipe.preset}), {args.split} trials")
     print(f"count MAE {scores['count_mae']:.2f} blocks (argmax {scores['argmax']['count_mae']:.2f}), "
           f"ICC {scores['icc'] if scores['icc'] is None else round(scores['icc'], 3)}, frame accuracy "
           f"{scores['frame_accuracy']:.1f} %, edit {scores['edit']:.1f}; model time {model_seconds:.1f} s for "
