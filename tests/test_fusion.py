@@ -104,14 +104,15 @@ def test_fused_model_mixes_each_window_of_the_two_runs():
     from strokevision_jax import fuse
 
     class Fake:
-        clip_frames, batch_size, checkpoint_id = 30, 8, "step 1"
+        clip_frames, batch_size, checkpoint_id, recipe = 30, 8, "step 1", None
 
         def __init__(self, value):
             self.value = np.asarray(value)
+            self.name, self.workdir = f"model{value.index(max(value))}", "runs/x"
 
         def probabilities(self, records):
             return np.tile(self.value, (len(records), 1))
 
     model = fuse.FusedModel(Fake([1.0, 0, 0, 0]), Fake([0, 0, 0.5, 0.5]), 0.25)
     np.testing.assert_allclose(model.probabilities([{}, {}]), [[0.25, 0, 0.375, 0.375]] * 2)
-    assert model.clip_frames == 30 and "weight 0.25" in model.checkpoint_id
+    assert model.clip_frames == 30 and "weight 0.25" in model.checkpoint_id and model.name == "model0 + model2"
