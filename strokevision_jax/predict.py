@@ -260,16 +260,16 @@ def predict(args) -> dict:
         side = timeline.tested_side(joints[..., :2], joints[..., 2])
     report = {
         "recording": str(video), "keypoints": None if keypoints_path is None else str(keypoints_path),
-        "run": str(workdir.absolute()), "model": " + ".join(r.model for r in recipes), "preset": recipe.preset,
+        "run": str(workdir.absolute()), "model": model.name, "preset": recipe.preset,
         "weights": model.checkpoint_id, "fused_with": None if fuse_with is None else str(fuse_with.absolute()),
         **line.summary(),
         "hand": {"side": side, "affected": args.hand or (truth or {}).get("hand")},
         "segments": line.segments(), "argmax_segments": line.segments(line.argmax),
         "settings": {"stride": stride, "clip_frames": clip_frames, "windows": int(len(starts)),
                      "evidence_frames": args.evidence_frames, "trial_seconds": trials.TRIAL_SECONDS,
-                     "adaptation": args.adaptation,
-                          "decoder": task.note, "decoder_parameters": task.decoder.to_json(),
-                          "class_shares": [round(float(v), 4) for v in task.class_shares]},
+                     "adaptation": args.adaptation, "decoder": task.note,
+                     "decoder_parameters": task.decoder.to_json(),
+                     "class_shares": [round(float(v), 4) for v in task.class_shares]},
         "timing": {"load_seconds": round(loaded, 2), "predict_seconds": round(seconds, 2),
                    "recording_seconds": round(num_frames / fps, 2),
                    "real_time_factor": round(num_frames / fps / seconds, 2)},
@@ -307,9 +307,11 @@ def main(argv=None) -> int:
     parser.add_argument("--truth", default=None, help="export_trial's <trial>_truth.json: adds the true segments")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    from strokevision_jax.errors import TrainingError
+
     try:
         report = predict(args)
-    except PredictError as error:
+    except (PredictError, TrainingError) as error:  # TrainingError: a run without a usable checkpoint
         print(f"error: {error}", file=sys.stderr)
         return 2
     low, high = report["count_interval"]

@@ -152,6 +152,11 @@ def test_damaged_files_and_wrong_workdir_are_refused(run, recording, tmp_path, c
     unreadable.write_text('{"instance_info": [')
     _assert_refused(_predict(run, paths["video"], unreadable, out), capsys, out, "--keypoints=", "broken.json",
                     "cannot read")
+    untrained = tmp_path / "untrained"
+    (untrained / "checkpoints").mkdir(parents=True)
+    (untrained / "run_config.json").write_text((run / "run_config.json").read_text())
+    _assert_refused(_predict(untrained, paths["video"], paths["keypoints"], out), capsys, out,
+                    "holds no checkpoint", "train it first")
     not_a_run = tmp_path / "somewhere"
     not_a_run.mkdir()
     _assert_refused(_predict(not_a_run, paths["video"], paths["keypoints"], out), capsys, out,
