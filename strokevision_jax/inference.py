@@ -15,6 +15,7 @@ and mirrored view included, where the recipe has them) gives the probabilities.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from collections.abc import Sequence
@@ -63,7 +64,7 @@ class TrainedModel:
     def name(self) -> str:
         return self.recipe.model
 
-    @property
+    @functools.cached_property
     def clip_frames(self) -> int:
         """Stored frames one window covers (the dataset's clip length)."""
         return stored_format(self.recipe.dataset)[3]
@@ -138,7 +139,7 @@ def stored_format(dataset: str) -> tuple[int, int, float, int]:
     """(height, width, fps, clip frames) of the clips of a dataset config."""
     from tfds_builder.strokevision import strokevision_dataset_builder as builder
 
-    config = {c.name: c for c in builder.Builder.BUILDER_CONFIGS}.get(dataset, builder.MANUAL)
+    config = builder.config_named(dataset) or builder.MANUAL
     if config.source == "manual":
         r = config.recordings
         return r.height, r.width, float(r.fps), r.num_frames

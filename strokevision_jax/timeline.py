@@ -229,9 +229,8 @@ def trial_model(dataset: str) -> TrialModel:
     from strokevision_jax.data.synthetic import trials
     from tfds_builder.strokevision import strokevision_dataset_builder as builder
 
-    configs = {c.name: c for c in builder.Builder.BUILDER_CONFIGS}
     source = dataset.replace("_trials", "")  # synthetic_trials_small: the patients of synthetic_small
-    config = configs.get(source)
+    config = builder.config_named(source)
     if config is None or config.source != "synthetic":
         config, source = builder.SYNTHETIC, "synthetic"
     specs = builder.trial_specs_by_split(config.simulator)["train"]

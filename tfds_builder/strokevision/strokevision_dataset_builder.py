@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from strokevision_jax.data import recordings, synthetic
-from strokevision_jax.data.synthetic import trials
 from strokevision_jax.data.classes import CLASS_NAMES
+from strokevision_jax.data.synthetic import trials
 from tfds_builder.strokevision import manual, tfrecord_copy
 from tfds_builder.strokevision.workers import WorkerPool
 
@@ -278,6 +278,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         with WorkerPool(workers) as pool:
             for clip in pool.imap(synthetic.simulate_clip, [(simulator, spec) for spec in specs]):
                 yield clip["clip_id"], _to_feature_dict(clip)
+
+
+def config_named(name: str) -> StrokeVisionConfig | None:
+    """The builder config called `name`, or None."""
+    return next((c for c in Builder.BUILDER_CONFIGS if c.name == name), None)
 
 
 def trial_specs_by_split(simulator: synthetic.SimulatorConfig) -> dict[str, list]:
