@@ -149,11 +149,11 @@ def load_torch_checkpoint(name: str, path: str | pathlib.Path, num_classes: int 
 def transfer_weights(source: nnx.Module, target: nnx.Module) -> tuple[int, list[str]]:
     """Copies every Param/BatchStat of `source` into `target` where path and shape agree.
 
-    Only the classifier (the family's `classifier` Linear) may differ (another number of
-    classes): it keeps `target`'s fresh initialisation. Returns (arrays copied, paths kept
+    Only the classifiers (the family's `classifiers` Linears) may differ (another number of
+    classes): they keep `target`'s fresh initialisation. Returns (arrays copied, paths kept
     fresh); raises ConversionError when anything else differs.
     """
-    classifier = tuple(registry.family_of_config(target.config).classifier.split("."))
+    classifiers = {tuple(c.split(".")) for c in registry.family_of_config(target.config).classifiers}
     src = dict(nnx.to_flat_state(nnx.state(source, nnx.Any(nnx.Param, nnx.BatchStat))))
     state = nnx.state(target, nnx.Any(nnx.Param, nnx.BatchStat))
     copied, fresh, problems = 0, [], []
@@ -164,7 +164,7 @@ def transfer_weights(source: nnx.Module, target: nnx.Module) -> tuple[int, list[
         elif src[path].shape == var.shape:
             var.value = src[path].value
             copied += 1
-        elif tuple(map(str, path[:-1])) == classifier:
+        elif tuple(map(str, path[:-1])) in classifiers:
             fresh.append(name)
         else:
             problems.append(f"{name}: source {src[path].shape}, target {var.shape}")

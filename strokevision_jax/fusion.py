@@ -68,6 +68,10 @@ class RunInfo:
 
 def check_pair(video: RunInfo, skeleton: RunInfo) -> None:
     """Refuses two runs that share a modality or did not see the same clips."""
+    for run in (video, skeleton):
+        if run.kind == "video+heatmaps":
+            raise FusionError(f"{run.name} already reads RGB and keypoints (a two-pathway run): late fusion "
+                              "combines one video run with one skeleton run.")
     if (video.kind == "video") == (skeleton.kind == "video"):
         modality = "video" if video.kind == "video" else "skeleton"
         raise FusionError(f"{video.name} and {skeleton.name} are both {modality} runs: late fusion combines one "

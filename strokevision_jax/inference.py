@@ -27,7 +27,6 @@ from flax import nnx
 
 from strokevision_jax import presets
 from strokevision_jax.checkpoints import Checkpoints
-from strokevision_jax.data import pipeline
 from strokevision_jax.data.classes import NUM_CLASSES
 from strokevision_jax.errors import TrainingError
 from strokevision_jax.loop import RUN_CONFIG, recipe_from_config
@@ -53,7 +52,7 @@ class TrainedModel:
     frame_size: tuple[int, int]  # (height, width) of the stored frames the run was trained on
 
     @property
-    def input_key(self) -> str:
+    def input_key(self) -> str | tuple[str, ...]:
         return self.recipe.input_key
 
     @property
@@ -70,11 +69,8 @@ class TrainedModel:
         return stored_format(self.recipe.dataset)[3]
 
     def transform(self):
-        if self.recipe.video is not None:
-            return pipeline.video_transform(self.recipe.video, train=False)
         # Keypoint records need not carry their frames: the stored size normalises them.
-        skeleton = dataclasses.replace(self.recipe.skeleton, frame_size=self.recipe.skeleton.frame_size or self.frame_size)
-        return pipeline.skeleton_transform(skeleton, train=False)
+        return self.recipe.transform(train=False, frame_size=self.frame_size)
 
     def probabilities(self, records: Sequence[dict]) -> np.ndarray:
         """(len(records), classes) softmax probabilities, computed `batch_size` records at a time
@@ -85,9 +81,9 @@ class TrainedModel:
             chunk = [transform(dict(record, label=0), None) for record in records[first:first + self.batch_size]]
             count = len(chunk)
             chunk += [chunk[-1]] * (self.batch_size - count)
-            batch = {self.input_key: np.stack([item[self.input_key] for item in chunk]),
-                     "label": np.zeros(self.batch_size, np.int32),
-                     "mask": np.arange(self.batch_size) < count}
+            keys = [self.input_key] if isinstance(self.input_key, str) else self.input_key
+            batch = {key: np.stack([item[key] for item in chunk]) for key in keys}
+            batch |= {"label": np.zeros(self.batch_size, np.int32), "mask": np.arange(self.batch_size) < count}
             logits, _ = self.eval_step(self.state, batch)
             out.append(np.asarray(jax.nn.softmax(logits.astype(jnp.float32), axis=-1))[:count])
         return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)

@@ -116,12 +116,8 @@ class Run:
 
     def loader(self, split: str, epoch: int):
         train = split == "train"
-        if self.recipe.video is not None:
-            transform = pipeline.video_transform(self.recipe.video, train=train)
-        else:
-            transform = pipeline.skeleton_transform(self.recipe.skeleton, train=train)
         return pipeline.make_loader(
-            self.sources[split], transform, batch_size=self.recipe.batch_size, train=train,
+            self.sources[split], self.recipe.transform(train), batch_size=self.recipe.batch_size, train=train,
             seed=self.seed, epoch=epoch, num_workers=self.num_workers)
 
     def evaluate(self, state: TrainState, split: str, with_logits: bool = False) -> dict:
@@ -147,8 +143,9 @@ class Run:
         return metrics
 
 
-def _model_inputs(batch: dict, input_key: str) -> dict:
-    keys = [input_key, "label"] + (["mask"] if "mask" in batch else [])
+def _model_inputs(batch: dict, input_key: str | tuple[str, ...]) -> dict:
+    keys = [*([input_key] if isinstance(input_key, str) else input_key), "label"]
+    keys += ["mask"] if "mask" in batch else []
     return {k: batch[k] for k in keys}
 
 

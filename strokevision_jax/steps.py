@@ -72,10 +72,16 @@ def make_optimizer(recipe: presets.Recipe, steps_per_epoch: int) -> optax.Gradie
     return tx
 
 
+def batch_inputs(batch: dict, input_key: str | tuple[str, ...]):
+    """The model input of a batch: one entry, or a dict of several (see Recipe.input_key)."""
+    return batch[input_key] if isinstance(input_key, str) else {k: batch[k] for k in input_key}
+
+
 def input_adapter(recipe: presets.Recipe, train: bool):
     """The part of the input pipeline that runs inside the jitted steps: for PoseConv3D the
     keypoint heatmaps, (N, M, T, V, 3) compact-frame keypoints -> (N, T, H, W, V), generated on
-    the device; otherwise the identity."""
+    the device; for the two-pathway network {'video', 'keypoints'} -> {'video', 'heatmaps'};
+    otherwise the identity."""
     config = recipe.heatmaps
     if config is None:
         return lambda inputs: inputs
@@ -87,6 +93,8 @@ def input_adapter(recipe: presets.Recipe, train: bool):
         return generate_pose_target(keypoints[..., :2], keypoints[..., 2], image_size=tuple(size),
                                     sigma=config.sigma, use_score=config.use_score, mode=config.mode)
 
+    if recipe.video is not None:  # two pathways: the video passes through
+        return lambda inputs: {"video": inputs["video"], "heatmaps": to_heatmaps(inputs["keypoints"])}
     return to_heatmaps
 
 
@@ -132,8 +140,22 @@ def weighted_cross_entropy(logits, labels, weights, mask=None, label_smoothing=0
     return jnp.sum(losses * example_weights) / jnp.maximum(jnp.sum(example_weights), 1e-12)
 
 
-def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: float, dropout_seed: int,
-                    ema_decay: float | None = None, adapt=lambda inputs: inputs):
+def training_logits_and_loss(model, inputs, labels, weights, label_smoothing: float = 0.0):
+    """(logits, loss) of a training forward pass. A model with several heads
+    (`loss_components`, e.g. the two-pathway network) is trained on the sum of its heads'
+    losses, and its fused prediction (`__call__`'s) is what the logits report."""
+    components = getattr(model, "loss_components", None)
+    if components is None:
+        logits = model(inputs, train=True)
+        return logits, weighted_cross_entropy(logits, labels, weights, None, label_smoothing)
+    heads = model.heads(inputs, train=True)
+    loss = sum(weighted_cross_entropy(heads[name], labels, weights, None, label_smoothing)
+               for name in components)
+    return heads["fused"], loss
+
+
+def make_train_step(graphdef, tx, weights, input_key: str | tuple[str, ...], label_smoothing: float,
+                    dropout_seed: int, ema_decay: float | None = None, adapt=lambda inputs: inputs):
     """The jitted step (state, batch) -> (state, metrics); `adapt` maps the batch's input to the
     model's (see `input_adapter`)."""
     weights = jnp.asarray(weights)
@@ -144,8 +166,8 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
             # Dropout (where a model has it) draws from a key folded with the step: a resumed
             # run continues exactly.
             nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(dropout_seed), state.step))
-            logits = model(adapt(batch[input_key]), train=True)
-            loss = weighted_cross_entropy(logits, batch["label"], weights, None, label_smoothing)
+            logits, loss = training_logits_and_loss(model, adapt(batch_inputs(batch, input_key)),
+                                                    batch["label"], weights, label_smoothing)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (logits, rest)
 
@@ -163,7 +185,7 @@ def make_train_step(graphdef, tx, weights, input_key: str, label_smoothing: floa
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False,
+def make_eval_step(graphdef, weights, input_key: str | tuple[str, ...], flip_view: bool = False,
                    adapt=lambda inputs: inputs):
     """Logits and summed weighted loss of a batch; with `flip_view`, the clip and its mirror
     image are two views whose softmax probabilities are averaged (the logits returned are the
@@ -172,7 +194,7 @@ def make_eval_step(graphdef, weights, input_key: str, flip_view: bool = False,
 
     def eval_step(state: TrainState, batch):
         model = nnx.merge(graphdef, *state.eval_weights())
-        clips = adapt(batch[input_key])
+        clips = adapt(batch_inputs(batch, input_key))
         logits = model(clips, train=False)
         if flip_view:  # (N, T, H, W, C): mirror the width axis
             views = jnp.stack([logits, model(clips[:, :, :, ::-1], train=False)]).astype(jnp.float32)

@@ -126,7 +126,7 @@ def resolve_fusions(text: str, models: tuple[str, ...]) -> tuple[tuple[str, str]
         except registry.UnknownModelError as error:
             raise StudyError(f"--fusions: {error}") from None
         kinds = [registry.get(m).family.input_kind for m in (video, skeleton)]
-        if kinds[0] != "video" or kinds[1] == "video":
+        if kinds[0] != "video" or kinds[1] in ("video", "video+heatmaps"):
             raise StudyError(f"--fusions: {entry!r} must name a video model first and a skeleton model second "
                              f"({video} reads {kinds[0]}, {skeleton} reads {kinds[1]}).")
         absent = [m for m in (video, skeleton) if m not in models]
@@ -247,7 +247,7 @@ def model_figures(recipe: presets.Recipe, fast_init: bool | None = None) -> dict
     graphdef, state = nnx.split(model)
     parameters = int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
     one = recipe.replace(batch_size=1)
-    clip = jnp.asarray(benchmark.random_batch(one, train=False)[recipe.input_key])
+    clip = jax.tree.map(jnp.asarray, train.batch_inputs(benchmark.random_batch(one, train=False), recipe.input_key))
     adapt = train.input_adapter(recipe, train=False)
 
     def forward(state, inputs):

@@ -54,7 +54,7 @@ def _display_name(model: str) -> str:
 def _input_name(model: str) -> str:
     if fusion_parts(model):
         return "RGB + keypoints"
-    return "RGB" if registry.get(model).family.modality == "rgb" else "keypoints"
+    return {"rgb": "RGB", "rgb+skeleton": "RGB + keypoints"}.get(registry.get(model).family.modality, "keypoints")
 
 
 def _paper_accuracy(model: str) -> str:

@@ -46,6 +46,7 @@ from strokevision_jax.loop import (  # noqa: F401
 from strokevision_jax.models import registry
 from strokevision_jax.steps import (  # noqa: F401
     TrainState,
+    batch_inputs,
     input_adapter,
     learning_rate_schedule,
     make_eval_step,

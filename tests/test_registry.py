@@ -24,8 +24,9 @@ def test_every_model_is_described_once():
     for spec in registry.MODELS.values():
         family = spec.family
         assert isinstance(spec.config, family.config_class)
-        assert family.input_kind in ("video", "keypoints", "heatmaps")
-        assert len(family.torch_keys.head) == 2 and family.torch_keys.rules
+        assert family.input_kind in ("video", "keypoints", "heatmaps", "video+heatmaps")
+        # weight and bias of each classifier
+        assert len(family.torch_keys.head) == 2 * len(family.classifiers) and family.torch_keys.rules
         for preset in presets.PRESETS:  # every model trains under both presets
             assert presets.recipe(spec.name, preset).model == spec.name
 
@@ -34,16 +35,17 @@ def test_every_model_is_described_once():
 def test_head_and_classifier_paths_exist(name):
     spec = registry.get(name)
     model = nnx.eval_shape(lambda: spec.build(num_classes=7, rngs=nnx.Rngs(0)))
-    classifier = model
-    for part in spec.family.classifier.split("."):
-        classifier = getattr(classifier, part)
-    assert classifier.kernel.shape[-1] == 7  # the Linear that outputs the classes
-    assert spec.family.classifier.split(".")[0] == spec.family.head
-    # the converter's head keys map onto the classifier
+    for dotted in spec.family.classifiers:
+        classifier = model
+        for part in dotted.split("."):
+            classifier = getattr(classifier, part)
+        assert classifier.kernel.shape[-1] == 7  # a Linear that outputs the classes
+        assert dotted.split(".")[0] == spec.family.head
+    # the converter's head keys map onto the classifiers
     rules = [r for r in spec.family.torch_keys.rules if hasattr(r, "target")]
     paths = {tuple(map(str, r.apply(key))) for key in spec.family.torch_keys.head for r in rules
              if r.apply(key) is not None}
-    assert paths == {(*spec.family.classifier.split("."), leaf) for leaf in ("kernel", "bias")}
+    assert paths == {(*c.split("."), leaf) for c in spec.family.classifiers for leaf in ("kernel", "bias")}
 
 
 def test_names_aliases_and_unknown_names():

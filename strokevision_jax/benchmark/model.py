@@ -31,16 +31,12 @@ from strokevision_jax.benchmark.timing import (
     step_stats,
     torch_runners,
 )
-from strokevision_jax.data import pipeline as data_pipeline
 from strokevision_jax.models import registry
 
 
 def random_batch(recipe, train: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """`batch_size` random stored-shape records through the recipe's transform, stacked."""
-    if recipe.video is not None:
-        transform = data_pipeline.video_transform(recipe.video, train=train)
-    else:
-        transform = data_pipeline.skeleton_transform(recipe.skeleton, train=train)
+    transform = recipe.transform(train)
     source = FakeSource(recipe.batch_size, num_distinct=min(recipe.batch_size, 8), seed=seed)
     examples = [transform(source[i], np.random.default_rng([seed, i])) for i in range(len(source))]
     batch = {key: np.stack([example[key] for example in examples]) for key in examples[0]}
@@ -50,8 +46,8 @@ def random_batch(recipe, train: bool, seed: int = 0) -> dict[str, np.ndarray]:
 
 def input_description(recipe, batch: dict[str, np.ndarray], train: bool) -> str:
     """Shape and dtype of one clip of the batch, as the table shows it."""
-    array = batch[recipe.input_key]
-    text = "x".join(map(str, array.shape[1:])) + f" {array.dtype}"
+    keys = [recipe.input_key] if isinstance(recipe.input_key, str) else recipe.input_key
+    text = " + ".join("x".join(map(str, batch[key].shape[1:])) + f" {batch[key].dtype}" for key in keys)
     if recipe.heatmaps is not None:  # generated inside the step (train.input_adapter)
         height, width = recipe.skeleton.compact_size if train else recipe.skeleton.compact_eval_size
         text += f" -> {height}x{width} heatmaps"

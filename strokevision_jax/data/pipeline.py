@@ -51,6 +51,7 @@ __all__ = [
     "KINETICS_STD",
     "RecordTransform",
     "SkeletonConfig",
+    "PairedTransform",
     "SkeletonTransform",
     "VideoConfig",
     "VideoTransform",
@@ -58,6 +59,7 @@ __all__ = [
     "compact_keypoints",
     "flip_compact",
     "make_loader",
+    "paired_transform",
     "retain_freed_memory",
     "sample_frame_indices",
     "skeleton_transform",
@@ -234,8 +236,14 @@ class VideoTransform:
     train: bool
 
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        config = self.config
         rng = rng if self.train else None
+        stored, frame_indices, box, flip = self.sample(record, rng)
+        return {"video": self.clip(stored, frame_indices, box, flip), "label": _label(record)}
+
+    def sample(self, record: Mapping[str, Any], rng: np.random.Generator | None):
+        """The random choices for one clip: (stored frames, frame indices, crop box in
+        stored-frame pixels, flip); rng None = evaluation."""
+        config = self.config
         stored = np.asarray(record["video"])
         if stored.ndim != 4 or stored.shape[-1] != 3:
             raise ValueError(f"record['video'] must be (T, H, W, 3) uint8, got shape {stored.shape}.")
@@ -248,8 +256,11 @@ class VideoTransform:
                                    config.resize, config.region_margin)
         box = crop_box(stored.shape[1:3], config, rng, region)
         flip = rng is not None and config.flip and rng.random() < 0.5
-        clip = crop_and_resize(stored[frame_indices], box, config.crop, config.resize_method, flip)
-        return {"video": self._normalize(clip), "label": _label(record)}
+        return stored, frame_indices, box, flip
+
+    def clip(self, stored: np.ndarray, frame_indices: np.ndarray, box, flip: bool) -> np.ndarray:
+        clip = crop_and_resize(stored[frame_indices], box, self.config.crop, self.config.resize_method, flip)
+        return self._normalize(clip)
 
     def _normalize(self, clip: np.ndarray) -> np.ndarray:
         """(x / 255 - mean) / std as one multiply-add per element, then the output dtype.
@@ -323,6 +334,54 @@ class SkeletonTransform:
         return int(height), int(width)
 
 
+@dataclasses.dataclass(frozen=True)
+class PairedTransform:
+    """record -> {'video': as VideoTransform, 'keypoints': (T', 17, 3) or (M, T', 17, 3), 'label'}
+    for a two-pathway RGB + pose network: the keypoints are pixels of a `compact_size`
+    (training) or `compact_eval_size` (evaluation) frame showing exactly the video's crop, so
+    that the pose heatmaps and the RGB frames see the same region (pyskl's MMCompact). One flip
+    decision (the video's `flip`) mirrors both; the skeleton config's own `flip`, `compact_*`
+    box and crop settings are not used. T' = the skeleton config's `num_frames`, sampled
+    independently of the video's (as MMUniformSampleFrames)."""
+
+    video: VideoConfig
+    skeleton: SkeletonConfig
+    train: bool
+
+    def __post_init__(self):
+        if self.skeleton.normalization != "compact" or self.skeleton.layout != "coco":
+            raise ValueError("PairedTransform: the pose pathway reads COCO keypoints in heatmap-frame "
+                             f"pixels; set SkeletonConfig(layout='coco', normalization='compact'), got "
+                             f"layout={self.skeleton.layout!r}, normalization={self.skeleton.normalization!r}.")
+
+    def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        rng = rng if self.train else None
+        videos = VideoTransform(self.video, self.train)
+        stored, frame_indices, box, flip = videos.sample(record, rng)
+        coords = np.asarray(record["keypoints"], np.float32)
+        scores = np.asarray(record["keypoint_scores"], np.float32)
+        if coords.ndim != 3 or coords.shape[1:] != (17, 2) or scores.shape != coords.shape[:2]:
+            raise ValueError("record['keypoints'] must be (T, 17, 2) and record['keypoint_scores'] "
+                             f"(T, 17), got {coords.shape} and {scores.shape}.")
+        config = self.skeleton
+        pose_indices = sample_frame_indices(coords.shape[0], config.num_frames, rng,
+                                            sampling=config.sampling, frame_stride=config.frame_stride)
+        out_h, out_w = config.compact_size if rng is not None else config.compact_eval_size
+        xy = coords[pose_indices]
+        present = xy != 0  # missing keypoints stay at zero, as upstream
+        scaled = (xy - np.array([box.left, box.top], np.float32)) * np.array(
+            [out_w / box.width, out_h / box.height], np.float32)
+        joints = np.concatenate([np.where(present, scaled, 0.0), scores[pose_indices, :, None]], axis=-1)
+        if flip:
+            joints = flip_compact(joints, out_w)
+        if config.num_persons is not None:
+            persons = np.zeros((config.num_persons, *joints.shape), np.float32)
+            persons[0] = joints
+            joints = persons
+        return {"video": videos.clip(stored, frame_indices, box, flip),
+                "keypoints": joints.astype(np.float32, copy=False), "label": _label(record)}
+
+
 _COMPACT_MIN_EXTENT = 10.0  # pyskl's PoseCompact threshold (pixels): a smaller box is left alone
 _CROP_ASPECT = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
 
@@ -383,3 +442,7 @@ def video_transform(config: VideoConfig, train: bool) -> VideoTransform:
 
 def skeleton_transform(config: SkeletonConfig, train: bool) -> SkeletonTransform:
     return SkeletonTransform(config, train)
+
+
+def paired_transform(video: VideoConfig, skeleton: SkeletonConfig, train: bool) -> PairedTransform:
+    return PairedTransform(video, skeleton, train)

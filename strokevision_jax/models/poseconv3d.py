@@ -213,10 +213,16 @@ def _max_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
 
 
 class ResNet3dSlowOnly(nnx.Module):
-    """Stem (`conv1` ConvModule + 1x3x3 max-pool) and stages `layer1..layerN`."""
+    """Stem (`conv1` ConvModule + 1x3x3 max-pool) and stages `layer1..layerN`.
 
-    def __init__(self, config: PoseConv3DConfig, *, rngs: nnx.Rngs):
+    `lateral_channels[i]`: extra input channels of stage i's first block (pyskl's
+    `lateral_inplanes`: another pathway's features concatenated to its input, see `rgbpose`).
+    """
+
+    def __init__(self, config: PoseConv3DConfig, *, lateral_channels: tuple[int, ...] = (),
+                 rngs: nnx.Rngs):
         cfg = config
+        lateral_channels = tuple(lateral_channels) + (0,) * (cfg.num_stages - len(lateral_channels))
         temporal, spatial = cfg.conv1_stride
         self.conv1 = ConvModule(cfg, cfg.in_channels, cfg.base_channels, cfg.conv1_kernel,
                                 (temporal, spatial, spatial),
@@ -227,6 +233,7 @@ class ResNet3dSlowOnly(nnx.Module):
                      cfg.stage_widths, cfg.stage_inflations)
         for index, (blocks, t_stride, s_stride, planes, inflate) in enumerate(stages):
             layer = ResLayer()
+            in_planes += lateral_channels[index]
             for block in range(blocks):
                 stride = (t_stride, s_stride) if block == 0 else (1, 1)
                 layer.append(Bottleneck3d(cfg, in_planes, planes, stride, inflate[block] == 1,

@@ -29,12 +29,13 @@ from strokevision_jax.models import (
     msg3d,
     mvit,
     poseconv3d,
+    rgbpose,
     swin3d,
     video_resnet,
 )
 from strokevision_jax.models.torch_keys import TorchKeys
 
-InputKind = Literal["video", "keypoints", "heatmaps"]
+InputKind = Literal["video", "keypoints", "heatmaps", "video+heatmaps"]
 
 
 class UnknownModelError(ValueError):
@@ -48,9 +49,11 @@ class Family:
     network: the NNX module class, built as `network(config, rngs=rngs)`.
     config_class: its frozen config dataclass (every architecture choice is a field).
     input_kind: "video" ((N, T, H, W, 3) normalised frames), "keypoints" ((N, M, T, 17, 3)) or
-      "heatmaps" (keypoints drawn as (N, T, H, W, 17) heatmap volumes inside the jitted step).
+      "heatmaps" (keypoints drawn as (N, T, H, W, 17) heatmap volumes inside the jitted step),
+      or "video+heatmaps" (both, as a dict {'video', 'heatmaps'}: the two-pathway network).
     head: the top-level attribute holding the classifier (trained at the recipe's head learning
-      rate); classifier: the dotted path of the Linear whose outputs are the classes.
+      rate); classifier: the dotted path of the Linear whose outputs are the classes;
+      extra_classifiers: further per-class Linears (a two-pathway network's second head).
     torch_keys: the converter's key table for the upstream checkpoints.
     torch_reference: config -> the upstream PyTorch network of that config (None where this
       project has no PyTorch original to run: the skeleton models are checked against stored
@@ -70,10 +73,16 @@ class Family:
     torch_reference: Callable[[Any], Any] | None = None
     input_size_fields: tuple[str, ...] = ()
     upstream: str = ""
+    extra_classifiers: tuple[str, ...] = ()
 
     @property
-    def modality(self) -> Literal["rgb", "skeleton"]:
-        return "rgb" if self.input_kind == "video" else "skeleton"
+    def modality(self) -> Literal["rgb", "skeleton", "rgb+skeleton"]:
+        return {"video": "rgb", "video+heatmaps": "rgb+skeleton"}.get(self.input_kind, "skeleton")
+
+    @property
+    def classifiers(self) -> tuple[str, ...]:
+        """Dotted paths of every Linear whose outputs are the classes."""
+        return (self.classifier, *self.extra_classifiers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +144,13 @@ MSG3D = Family(
     name="msg3d", network=msg3d.MSG3D, config_class=msg3d.MSG3DConfig, input_kind="keypoints",
     head="cls_head", classifier="cls_head.fc_cls", torch_keys=msg3d.TORCH_KEYS,
     upstream="pyskl (mmcv checkpoints)")
+RGBPOSE = Family(
+    name="rgbpose", network=rgbpose.RGBPoseConv3D, config_class=rgbpose.RGBPoseConfig,
+    input_kind="video+heatmaps", head="cls_head", classifier="cls_head.fc_rgb",
+    extra_classifiers=("cls_head.fc_pose",), torch_keys=rgbpose.TORCH_KEYS,
+    upstream="pyskl (mmcv checkpoints)")
 
-FAMILIES: tuple[Family, ...] = (VIDEO_RESNET, MVIT, SWIN3D, MOTIONBERT, POSECONV3D, MSG3D)
+FAMILIES: tuple[Family, ...] = (VIDEO_RESNET, MVIT, SWIN3D, MOTIONBERT, POSECONV3D, MSG3D, RGBPOSE)
 
 # ----------------------------------------------------------------------------- models
 # Names are torchvision's builder names (the video models) and upstream's (the skeleton models);
@@ -157,6 +171,8 @@ _SPECS = (
     ModelSpec("motionbert", MOTIONBERT, motionbert.PRESETS["ntu60_xsub"], (), "84.29"),
     ModelSpec("poseconv3d", POSECONV3D, poseconv3d.PRESETS["ntu60_xsub"], (), "68.93"),
     ModelSpec("msg3d", MSG3D, msg3d.PRESETS["ntu60_xsub"], (), "78.39"),
+    # Early fusion (not in the paper): RGB and pose heatmaps, lateral connections both ways.
+    ModelSpec("rgbposeconv3d", RGBPOSE, rgbpose.PRESETS["ntu60_xsub"], ("rgbpose",)),
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

@@ -97,7 +97,7 @@ class TorchKeys:
 
     rules: the table (`Rule`s and `Ignore`s).
     head: the classifier's torch keys, weight first (read for the checkpoint's number of classes;
-      left out when the classifier is re-initialised).
+      left out when the classifier is re-initialised), then those of any further classifier.
     prepare(state_dict) -> state_dict: runs first, on the keys as read (e.g. strips
       DataParallel's `module.` prefix).
     check_fixed(state_dict, model) -> state_dict: compares what the model computes itself (a
@@ -107,6 +107,6 @@ class TorchKeys:
     """
 
     rules: Table
-    head: tuple[str, str]
+    head: tuple[str, ...]
     prepare: Callable[[StateDict], StateDict] | None = None
     check_fixed: Callable[[StateDict, Any], StateDict] | None = None
