@@ -48,13 +48,17 @@ def _display_name(model: str) -> str:
         video, skeleton = fusion_parts(model)
         return f"late fusion {video} + {skeleton}"
     short = registry.get(model).aliases
-    return f"{model} ({short[0]})" if short else model
+    name = f"{model} ({short[0]})" if short else model
+    return f"early fusion {name}" if _modality(model) == "rgb+skeleton" else name
+
+
+def _modality(model: str) -> str:
+    """'rgb', 'skeleton', or 'rgb+skeleton' (a late fusion or the two-pathway network)."""
+    return "rgb+skeleton" if fusion_parts(model) else registry.get(model).family.modality
 
 
 def _input_name(model: str) -> str:
-    if fusion_parts(model):
-        return "RGB + keypoints"
-    return {"rgb": "RGB", "rgb+skeleton": "RGB + keypoints"}.get(registry.get(model).family.modality, "keypoints")
+    return {"rgb": "RGB", "rgb+skeleton": "RGB + keypoints"}.get(_modality(model), "keypoints")
 
 
 def _paper_accuracy(model: str) -> str:
@@ -180,14 +184,25 @@ def model_summaries(rows: list[dict], predictions: list[dict], models, resamples
         if shared.sum() >= 2:
             summary["versus_best"] = stats.paired_difference(a[shared], b[shared], "accuracy", resamples, seed)
             summary["versus_best_patients"] = int(shared.sum())
-    for model, summary in summaries.items():  # a late fusion against each of its two runs, paired
-        if fusion_parts(model) is None:
+    # A fusion (late, or the two-pathway network) against each of its runs and the study's best
+    # RGB and best skeleton model, paired on the patients both cover.
+    best_single = {}
+    for modality in ("rgb", "skeleton"):
+        of_modality = [m for m in summaries if _modality(m) == modality]
+        if of_modality:
+            best_single[modality] = max(of_modality, key=lambda m: summaries[m]["bootstrap"]["accuracy"].value)
+    for model, summary in summaries.items():
+        if _modality(model) != "rgb+skeleton":
             continue
         summary["versus_parts"] = {}
-        for part in fusion_parts(model):
-            if part in confusions:
-                summary["versus_parts"][part] = {
-                    statistic: stats.paired_difference(confusions[model], confusions[part], statistic, resamples, seed)
+        for other in dict.fromkeys([*(fusion_parts(model) or ()), *best_single.values()]):
+            if other not in confusions:
+                continue
+            a, b = confusions[model], confusions[other]
+            shared = (a.sum((1, 2)) == b.sum((1, 2))) & np.all(a.sum(-1) == b.sum(-1), axis=-1) & (a.sum((1, 2)) > 0)
+            if shared.sum() >= 2:
+                summary["versus_parts"][other] = {
+                    statistic: stats.paired_difference(a[shared], b[shared], statistic, resamples, seed)
                     for statistic, _ in FUSION_STATISTICS}
     return summaries
 
@@ -260,16 +275,18 @@ def table_markdown(settings, summaries: dict, rows: list[dict], missing: list, r
 
 
 def _fusion_lines(summaries: dict, rows: list[dict]) -> list[str]:
-    fusions = [m for m in summaries if fusion_parts(m) and summaries[m].get("versus_parts")]
+    fusions = [m for m in summaries if _modality(m) == "rgb+skeleton" and summaries[m].get("versus_parts")]
     if not fusions:
         return []
-    lines = ["Late fusion against each of its runs (paired patient bootstrap on the same clips; the video "
-             "run's weight chosen on each fold's validation patients by log-loss):", "",
-             "| late fusion | against | weights (per run) | " + " | ".join(
+    lines = ["RGB + keypoints against each of its runs and the best RGB and best keypoint model (paired "
+             "patient bootstrap on the same clips). Late fusion: the video run's weight chosen on each fold's "
+             "validation patients by log-loss; early fusion: the two-pathway network, trained end to end:", "",
+             "| fusion | against | video weight (per run) | " + " | ".join(
                  f"Δ {label} (pp) [95 % CI], p" for _, label in FUSION_STATISTICS) + " |",
              "|---|---|---|" + "---|" * len(FUSION_STATISTICS)]
     for model in fusions:
-        weights = ", ".join(f"{r['fusion_weight']:.2f}" for r in rows if r["model"] == model)
+        weights = ", ".join(f"{r['fusion_weight']:.2f}" for r in rows
+                            if r["model"] == model and r.get("fusion_weight") not in ("", None)) or "—"
         for part, differences in summaries[model]["versus_parts"].items():
             cells = " | ".join(f"{differences[s].interval.format()}, p = {differences[s].p_value:.3f}"
                                for s, _ in FUSION_STATISTICS)
