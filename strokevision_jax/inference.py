@@ -90,9 +90,9 @@ class TrainedModel:
 
 
 def needs_keypoints(recipe: presets.Recipe) -> bool:
-    """Skeleton models read keypoints only; video models with a person-centred region read
-    keypoints to place it."""
-    return recipe.video is None or recipe.video.region == "person"
+    """Skeleton models and the two-pathway network read keypoints; video models with a
+    person-centred region read keypoints to place it."""
+    return recipe.skeleton is not None or recipe.video.region == "person"
 
 
 def load_run(workdir: str | pathlib.Path, *, recipe: presets.Recipe | None = None, seed: int = 0,

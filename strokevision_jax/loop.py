@@ -29,6 +29,7 @@ from strokevision_jax.steps import (
     TrainState,
     input_adapter,
     make_eval_step,
+    make_heads_step,
     make_mesh,
     make_optimizer,
     make_train_step,
@@ -141,6 +142,27 @@ class Run:
         if with_logits:
             metrics["logits"], metrics["labels"] = np.concatenate(all_logits), labels
         return metrics
+
+    def evaluate_heads(self, state: TrainState, split: str) -> dict[str, dict]:
+        """Per head of a several-headed model (the two-pathway network's 'rgb', 'pose' and
+        'fused'): accuracy and macro-F1 on a whole split. {} for a one-headed model."""
+        model = nnx.merge(self.graphdef, state.params, state.rest)
+        if getattr(model, "loss_components", None) is None:
+            return {}
+        step = make_heads_step(self.graphdef, self.input_key, input_adapter(self.recipe, train=False))
+        logits, labels = {}, []
+        for batch in self.loader(split, epoch=0):
+            mask = np.asarray(batch["mask"], bool)
+            heads = step(state, shard_batch(_model_inputs(batch, self.input_key), self.data_sharding))
+            for name, value in heads.items():
+                logits.setdefault(name, []).append(to_host(value)[mask])
+            labels.append(np.asarray(batch["label"])[mask])
+        labels = np.concatenate(labels)
+        out = {}
+        for name, chunks in logits.items():
+            metrics = report_lib.classification_metrics(labels, np.concatenate(chunks).argmax(-1))
+            out[name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+        return out
 
 
 def _model_inputs(batch: dict, input_key: str | tuple[str, ...]) -> dict:
@@ -279,9 +301,14 @@ def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) 
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "recipe": _recipe_dict(run.recipe),
     }
+    heads = run.evaluate_heads(state, "test")
+    if heads:  # each head of a two-pathway network, and their fusion (what `test` reports)
+        test["heads"] = heads
     report = report_lib.write_report(run.workdir, info, test, history)
     log(f"test ({test['num_examples']} clips, best epoch {meta['epoch']}): accuracy {test['accuracy']:.4f}, "
         f"macro-F1 {test['macro_f1']:.4f}")
+    for name, metrics in heads.items():
+        log(f"  {name} head: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     log(report_lib.format_confusion(test["confusion_matrix"]))
     log(f"report: {run.workdir / 'report.json'}")
     return report

@@ -73,8 +73,9 @@ def check_inputs(video: pathlib.Path, keypoints_path: pathlib.Path | None, needs
                  model_name: str, clip_frames: int, fps: float):
     """(VideoInfo, Keypoints or None) after every check that needs no decoding."""
     if needs_keypoints and keypoints_path is None:
-        raise PredictError(f"{model_name} reads keypoints (a skeleton model, or a video model that crops around "
-                           "the person): give --keypoints=FILE, the pose estimator's output for this video.")
+        raise PredictError(f"{model_name} reads keypoints (a skeleton or RGB + pose model, or a video model that "
+                           "crops around the person): give --keypoints=FILE, the pose estimator's output for "
+                           "this video.")
     info = videos.probe_video_or_error(video)
     if isinstance(info, recordings.InputError):
         raise _input_error(info, f"--video={video}")

@@ -93,6 +93,8 @@ def write_report(workdir: pathlib.Path, run: dict, test_metrics: dict, history: 
         f"  ({test_metrics['num_examples']} clips)",
         "per-class accuracy: " + ", ".join(
             f"{name} {value:.3f}" for name, value in test_metrics["per_class_accuracy"].items()),
+        *(f"{name} head: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+          for name, m in test_metrics.get("heads", {}).items()),
         format_confusion(test_metrics["confusion_matrix"]),
     ]
     (workdir / "report.txt").write_text("\n".join(lines) + "\n")

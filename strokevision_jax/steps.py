@@ -207,6 +207,16 @@ def make_eval_step(graphdef, weights, input_key: str | tuple[str, ...], flip_vie
     return jax.jit(eval_step)
 
 
+def make_heads_step(graphdef, input_key: str | tuple[str, ...], adapt=lambda inputs: inputs):
+    """For a model with several heads (`loss_components`): (state, batch) -> {head: logits}."""
+
+    def heads_step(state: TrainState, batch):
+        model = nnx.merge(graphdef, *state.eval_weights())
+        return model.heads(adapt(batch_inputs(batch, input_key)), train=False)
+
+    return jax.jit(heads_step)
+
+
 # ----------------------------------------------------------------------------- data on the mesh
 
 def make_mesh() -> jax.sharding.Mesh:

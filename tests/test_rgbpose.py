@@ -183,6 +183,10 @@ def test_one_training_step_updates_both_pathways_and_the_laterals():
 def test_train_and_evaluate_on_tiny_data(small_data_dir, tmp_path):
     report = train.train_and_evaluate(tiny_recipe(), tmp_path / "run", small_data_dir, log=None)
     assert report["test"]["num_examples"] > 0 and 0 <= report["test"]["accuracy"] <= 1
+    heads = report["test"]["heads"]  # each pathway's head, and their fusion (the run's prediction)
+    assert set(heads) == {"rgb", "pose", "fused"}
+    assert heads["fused"]["accuracy"] == pytest.approx(report["test"]["accuracy"])
+    assert "rgb head: accuracy" in (tmp_path / "run" / "report.txt").read_text()
     from strokevision_jax import inference
 
     model = inference.load_run(tmp_path / "run", recipe=tiny_recipe(), seed=0)
