@@ -173,6 +173,10 @@ _SPECS = (
     ModelSpec("msg3d", MSG3D, msg3d.PRESETS["ntu60_xsub"], (), "78.39"),
     # Early fusion (not in the paper): RGB and pose heatmaps, lateral connections both ways.
     ModelSpec("rgbposeconv3d", RGBPOSE, rgbpose.PRESETS["ntu60_xsub"], ("rgbpose",)),
+    # Its ablation: the same two pathways, inputs, heads and recipe, without the laterals (the
+    # pathways meet only in the 1:1 average of their heads' probabilities).
+    ModelSpec("rgbposeconv3d_nolateral", RGBPOSE,
+              dataclasses.replace(rgbpose.PRESETS["ntu60_xsub"], lateral=False), ("rgbpose_nolateral",)),
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
