@@ -233,3 +233,22 @@ def test_ab_runs_both_processes_and_reports_the_ratio(monkeypatch, tmp_path, cap
     (row,) = json.loads(out.read_text())["rows"]
     assert row["b_over_a"] == pytest.approx(2.0)
     assert "| r3d_18 | train | jax | 10.0 | 20.0 | 2.000 |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs torch and torchvision")
+def test_layers_mode_times_every_stage_in_both_frameworks(tmp_path):
+    from strokevision_jax.benchmark import layers
+
+    out = tmp_path / "layers.json"
+    args = [*TINY, "--modes=layers", "--steps=1", "--warmup=0", "--rounds=1", f"--out={out}"]
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # compile time dominates here
+    try:
+        assert benchmark.main(args) == 0
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+    rows = json.loads(out.read_text())["layers"]
+    assert [(r["mode"], r["stage"]) for r in rows] == [(m, s) for m in ("train", "infer") for s in layers.STAGES]
+    assert all(_positive(r["jax_ms"]) and _positive(r["torch_ms"]) for r in rows)
+    assert rows[1]["input"] == "2x8x8x4"  # layer1 reads the stem's output
+    assert not layers.supports("motionbert") and layers.supports("r2plus1d_18")

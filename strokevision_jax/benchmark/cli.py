@@ -71,6 +71,10 @@ and XLA_PYTHON_CLIENT_PREALLOCATE are environment variables, not flags.
 count for each model's preset transform (the built dataset with --pipeline_source=tfds or when
 it is built, else fake records of the stored shape), next to the JAX training rate of the same
 run, so a reader sees whether the loader or the device is the bottleneck.
+
+--modes=layers times each stage of a video ResNet (stem, layer1 .. layer4) alone, forward
+(infer) and forward + backward (train), in JAX and in PyTorch eager, in alternating rounds: where
+a whole step's gap comes from (see benchmark/layers.py).
 """
 
 from __future__ import annotations
@@ -118,7 +122,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m strokevision_jax.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="all", help="'all' (every model with a recipe) or name,name")
-    parser.add_argument("--modes", default="train,infer", help="train, infer and/or pipeline")
+    parser.add_argument("--modes", default="train,infer",
+                        help="train, infer, pipeline and/or layers (each stage of a video ResNet, "
+                             "JAX against PyTorch eager)")
     parser.add_argument("--preset", choices=("paper", "cpu"), default=None,
                         help="default: paper with a GPU/TPU, cpu otherwise")
     parser.add_argument("--batch_size", type=int, default=None, help="global batch (default: the recipe's)")
@@ -232,12 +238,12 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
     for model in models:  # every batch checked before anything is compiled
         recipe = benchmark_recipe(model, settings)
         check_batch(recipe.batch_size, mesh.size, f"{model} (batch {recipe.batch_size})")
-    if settings.compare_torch:
+    if settings.compare_torch or "layers" in modes:
         try:
             import torch  # noqa: F401
             import torchvision  # noqa: F401
         except ImportError as error:
-            raise UsageError(f"--compare=torch needs torch and torchvision ({error}): "
+            raise UsageError(f"--compare=torch and --modes=layers need torch and torchvision ({error}): "
                              "pip install -e '.[parity]'.") from None
     report = {"command": command_line(argv), "environment": environment(settings),
               "settings": dataclasses.asdict(settings) | {"models": models, "modes": modes},
@@ -245,7 +251,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
     env = report["environment"]
     log(f"benchmark: {env['device_count']} x {env['device_kind']} ({env['backend']}), preset {preset}, "
         f"models {', '.join(models)}")
-    step_modes = [m for m in modes if m != "pipeline"]
+    step_modes = [m for m in modes if m not in ("pipeline", "layers")]
     if step_modes:
         for model in models:
             report["results"] += benchmark_model(model, settings, step_modes, mesh, log)
@@ -257,6 +263,16 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
         report["pipeline"] = pipeline_records(models, settings, workers, args.pipeline_source,
                                               args.data_dir, args.pipeline_batches, log)
     table = markdown(report)
+    if "layers" in modes:
+        from strokevision_jax.benchmark import layers as layers_lib
+
+        report["layers"] = []
+        for model in models:
+            if not layers_lib.supports(model):
+                log(f"{model}: --modes=layers profiles the video ResNets only; skipped")
+                continue
+            report["layers"] += layers_lib.profile_layers(model, settings, ("train", "infer"), log)
+        table += "\n\n" + layers_lib.layers_markdown(report["layers"])
     print(table)
     write_outputs(args, report, table)
     return report

@@ -8,7 +8,7 @@ from typing import Any
 
 from strokevision_jax import presets
 
-MODES = ("train", "infer", "pipeline")
+MODES = ("train", "infer", "pipeline", "layers")
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
