@@ -47,9 +47,12 @@ def _display_name(model: str) -> str:
     if fusion_parts(model):
         video, skeleton = fusion_parts(model)
         return f"late fusion {video} + {skeleton}"
-    short = registry.get(model).aliases
-    name = f"{model} ({short[0]})" if short else model
-    return f"early fusion {name}" if _modality(model) == "rgb+skeleton" else name
+    spec = registry.get(model)
+    name = f"{model} ({spec.aliases[0]})" if spec.aliases else model
+    if _modality(model) != "rgb+skeleton":
+        return name
+    # A two-pathway network: early fusion with laterals, else its heads' average only.
+    return f"{'early' if getattr(spec.config, 'lateral', True) else 'joint late'} fusion {name}"
 
 
 def _modality(model: str) -> str:
