@@ -239,3 +239,19 @@ def test_converter_table_maps_every_pyskl_key():
     with pytest.raises(convert.ConversionError):
         convert.from_state_dict("rgbposeconv3d", {**state_dict, "backbone.extra.weight": np.zeros(1)},
                                 **overrides)
+
+
+@pytest.mark.parametrize("preset", presets.PRESETS)
+def test_both_presets_feed_the_network_shapes_it_accepts(preset):
+    """The recipe's RGB clip and heatmaps meet at the laterals (checked by tracing, not running)."""
+    recipe = presets.recipe("rgbpose", preset)
+    model = nnx.eval_shape(lambda: train.create_model(recipe, 4, seed=0, log=None))
+    config = model.config
+    assert recipe.skeleton.num_frames == config.speed_ratio * recipe.video.num_frames
+    for is_train in (True, False):
+        size = recipe.skeleton.compact_size if is_train else recipe.skeleton.compact_eval_size
+        inputs = {"video": jax.ShapeDtypeStruct((2, recipe.video.num_frames, *recipe.video.crop, 3), jnp.float32),
+                  "heatmaps": jax.ShapeDtypeStruct((2, recipe.skeleton.num_frames, *size, 17), jnp.float32)}
+        graphdef, state = nnx.split(model)
+        out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, inputs)
+        assert out.shape == (2, 4)
