@@ -69,39 +69,8 @@ class StochasticDepth(nnx.Module):
         return x * keep.astype(x.dtype) / jnp.asarray(survival, x.dtype)
 
 
-# Strided 2D convolutions with at most this many input channels (RGB frames) run as
-# space-to-depth on CPUs. Measured on the 2-core VM (64 frames, stride 2): 3 -> 11 channels,
-# 7 x 7 on 42 x 56: 16.0 ms direct, 8.1 ms space-to-depth; but 9 -> 16 channels, 7 x 7: 22 ms
-# direct, 148 ms; 16 -> 36, 3 x 3 on 21 x 28: 1.4 ms direct, 8.6 ms.
-_SPACE_TO_DEPTH_MAX_CHANNELS = 4
-
-
 def _conv2d(x: jax.Array, kernel: jax.Array, strides, padding) -> jax.Array:
-    sh, sw = strides
-    if (sh == sw > 1 and x.shape[-1] <= _SPACE_TO_DEPTH_MAX_CHANNELS
-            and jax.default_backend() == "cpu"):
-        return _space_to_depth_conv2d(x, kernel, sh, padding)
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN2)
-
-
-def _space_to_depth_conv2d(x: jax.Array, kernel: jax.Array, s: int, padding) -> jax.Array:
-    """A stride-s convolution as a stride-1 one: each s x s block of input pixels becomes one
-    pixel of s*s*C channels, and the kernel (zero-padded to a multiple of s) is regrouped to
-    match. Same sums, in another order. XLA's CPU convolution is slow on few input channels with
-    a stride (the stems: 3 channels, 7 x 7, stride 2); this form gives it s*s times the channels
-    and no stride."""
-    (kh, kw, c, o), ((ph0, ph1), (pw0, pw1)) = kernel.shape, padding
-    n, h, w, _ = x.shape
-    h_out, w_out = (h + ph0 + ph1 - kh) // s + 1, (w + pw0 + pw1 - kw) // s + 1
-    bh, bw = -(-kh // s), -(-kw // s)  # kernel size in blocks
-    need_h, need_w = s * (h_out - 1 + bh), s * (w_out - 1 + bw)  # padded input the blocks cover
-    x = jnp.pad(x, ((0, 0), (ph0, max(0, need_h - h - ph0)), (pw0, max(0, need_w - w - pw0)), (0, 0)))
-    x = x[:, :need_h, :need_w]
-    x = x.reshape(n, need_h // s, s, need_w // s, s, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(n, need_h // s, need_w // s, s * s * c)
-    kernel = jnp.pad(kernel, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
-    kernel = kernel.reshape(bh, s, bw, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(bh, bw, s * s * c, o)
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(0, 0), (0, 0)], dimension_numbers=_DN2)
 
 
 class Conv3d(nnx.Module):
