@@ -252,3 +252,11 @@ def test_layers_mode_times_every_stage_in_both_frameworks(tmp_path):
     assert all(_positive(r["jax_ms"]) and _positive(r["torch_ms"]) for r in rows)
     assert rows[1]["input"] == "2x8x8x4"  # layer1 reads the stem's output
     assert not layers.supports("motionbert") and layers.supports("r2plus1d_18")
+
+
+def test_single_convolution_timer():
+    from strokevision_jax.benchmark import convs
+
+    rows = convs.time_convs(shapes=((2, 8, 8, 3, 4, 3, 2),), steps=1, with_torch=HAS_TORCH)
+    assert rows[0]["shape"] == (2, 8, 8, 3, 4, 3, 2) and _positive(rows[0]["xla_ms"])
+    assert not HAS_TORCH or _positive(rows[0]["torch_ms"])
