@@ -104,6 +104,7 @@ class Run:
         model = create_model(self.recipe, NUM_CLASSES, self.seed, self.init, self.log,
                              fast_init=self.fast_init)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        self.has_heads = getattr(model, "loss_components", None) is not None
         self.tx = make_optimizer(self.recipe, self.steps_per_epoch)
         # The average starts as a copy: the state is donated to the step, its buffers must be distinct.
         ema = jax.tree.map(jnp.copy, (params, rest)) if self.recipe.ema_decay else None
@@ -146,8 +147,7 @@ class Run:
     def evaluate_heads(self, state: TrainState, split: str) -> dict[str, dict]:
         """Per head of a several-headed model (the two-pathway network's 'rgb', 'pose' and
         'fused'): accuracy and macro-F1 on a whole split. {} for a one-headed model."""
-        model = nnx.merge(self.graphdef, state.params, state.rest)
-        if getattr(model, "loss_components", None) is None:
+        if not self.has_heads:
             return {}
         step = make_heads_step(self.graphdef, self.input_key, input_adapter(self.recipe, train=False))
         logits, labels = {}, []

@@ -183,7 +183,7 @@ def model_summaries(rows: list[dict], predictions: list[dict], models, resamples
         if model == best:
             continue
         a, b = confusions[model], confusions[best]
-        shared = (a.sum((1, 2)) == b.sum((1, 2))) & np.all(a.sum(-1) == b.sum(-1), axis=-1) & (a.sum((1, 2)) > 0)
+        shared = _shared_patients(a, b)
         if shared.sum() >= 2:
             summary["versus_best"] = stats.paired_difference(a[shared], b[shared], "accuracy", resamples, seed)
             summary["versus_best_patients"] = int(shared.sum())
@@ -202,12 +202,17 @@ def model_summaries(rows: list[dict], predictions: list[dict], models, resamples
             if other not in confusions:
                 continue
             a, b = confusions[model], confusions[other]
-            shared = (a.sum((1, 2)) == b.sum((1, 2))) & np.all(a.sum(-1) == b.sum(-1), axis=-1) & (a.sum((1, 2)) > 0)
+            shared = _shared_patients(a, b)
             if shared.sum() >= 2:
                 summary["versus_parts"][other] = {
                     statistic: stats.paired_difference(a[shared], b[shared], statistic, resamples, seed)
                     for statistic, _ in FUSION_STATISTICS}
     return summaries
+
+
+def _shared_patients(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Patients whose clips both per-patient confusion stacks hold (same clips per class)."""
+    return (a.sum((1, 2)) == b.sum((1, 2))) & np.all(a.sum(-1) == b.sum(-1), axis=-1) & (a.sum((1, 2)) > 0)
 
 
 def _pct(value: float) -> str:

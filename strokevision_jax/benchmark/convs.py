@@ -24,9 +24,10 @@ SHAPES = ((64, 42, 56, 3, 11, 7, 2), (64, 21, 28, 16, 36, 3, 1), (64, 21, 28, 36
           (64, 11, 14, 32, 32, 3, 1))
 
 
-def median_ms(function, steps: int) -> float:
-    function()
-    function()
+def median_ms(function, steps: int, warmup: int = 2) -> float:
+    """Median wall milliseconds of `steps` calls of `function` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        function()
     times = []
     for _ in range(steps):
         start = time.perf_counter()

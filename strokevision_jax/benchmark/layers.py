@@ -10,7 +10,6 @@ comes from; the rows sum to less than a step (no optimiser, loss or head).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from strokevision_jax.benchmark.convs import median_ms
 from strokevision_jax.benchmark.model import random_batch
 from strokevision_jax.benchmark.settings import Settings, benchmark_recipe
 from strokevision_jax.data.classes import NUM_CLASSES
@@ -30,15 +30,6 @@ def supports(model: str) -> bool:
     """Models whose JAX and PyTorch networks both have the stages above (the video ResNets)."""
     spec = registry.get(model)
     return spec.family.torch_reference is not None and spec.family is registry.VIDEO_RESNET
-
-
-def _median_ms(function, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def _jax_stage(module, train: bool):
@@ -95,8 +86,8 @@ def profile_layers(model: str, settings: Settings, modes, log=print) -> list[dic
                 torch_run(x_torch)
             jax_ms, torch_ms = [], []
             for _ in range(max(1, settings.rounds or 3)):  # alternating rounds
-                jax_ms.append(_median_ms(lambda: jax_run(x_jax), settings.steps))
-                torch_ms.append(_median_ms(lambda: torch_run(x_torch), settings.steps))
+                jax_ms.append(median_ms(lambda: jax_run(x_jax), settings.steps, warmup=0))
+                torch_ms.append(median_ms(lambda: torch_run(x_torch), settings.steps, warmup=0))
             row = {"model": model, "mode": mode, "stage": stage,
                    "input": "x".join(map(str, x_jax.shape[1:])),
                    "jax_ms": float(np.median(jax_ms)), "torch_ms": float(np.median(torch_ms))}

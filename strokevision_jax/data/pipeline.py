@@ -228,6 +228,16 @@ def _label(record: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(record["label"], dtype=np.int32)
 
 
+def _record_keypoints(record: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(T0, 17, 2) pixel coordinates and (T0, 17) scores of a record, checked."""
+    coords = np.asarray(record["keypoints"], np.float32)
+    scores = np.asarray(record["keypoint_scores"], np.float32)
+    if coords.ndim != 3 or coords.shape[1:] != (17, 2) or scores.shape != coords.shape[:2]:
+        raise ValueError("record['keypoints'] must be (T, 17, 2) and record['keypoint_scores'] (T, 17), got "
+                         f"{coords.shape} and {scores.shape}.")
+    return coords, scores
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoTransform:
     """record -> {'video': (T, h, w, 3) normalised, 'label': int32}."""
@@ -291,13 +301,7 @@ class SkeletonTransform:
     def __call__(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         config = self.config
         rng = rng if self.train else None
-        coords = np.asarray(record["keypoints"], np.float32)  # (T0, 17, 2) pixels
-        scores = np.asarray(record["keypoint_scores"], np.float32)  # (T0, 17)
-        if coords.ndim != 3 or coords.shape[1:] != (17, 2) or scores.shape != coords.shape[:2]:
-            raise ValueError(
-                "record['keypoints'] must be (T, 17, 2) and record['keypoint_scores'] (T, 17), got "
-                f"{coords.shape} and {scores.shape}."
-            )
+        coords, scores = _record_keypoints(record)
         height, width = self._frame_size(record)
         frame_indices = sample_frame_indices(
             coords.shape[0], config.num_frames, rng, sampling=config.sampling, frame_stride=config.frame_stride
@@ -358,11 +362,7 @@ class PairedTransform:
         rng = rng if self.train else None
         videos = VideoTransform(self.video, self.train)
         stored, frame_indices, box, flip = videos.sample(record, rng)
-        coords = np.asarray(record["keypoints"], np.float32)
-        scores = np.asarray(record["keypoint_scores"], np.float32)
-        if coords.ndim != 3 or coords.shape[1:] != (17, 2) or scores.shape != coords.shape[:2]:
-            raise ValueError("record['keypoints'] must be (T, 17, 2) and record['keypoint_scores'] "
-                             f"(T, 17), got {coords.shape} and {scores.shape}.")
+        coords, scores = _record_keypoints(record)
         config = self.skeleton
         pose_indices = sample_frame_indices(coords.shape[0], config.num_frames, rng,
                                             sampling=config.sampling, frame_stride=config.frame_stride)
