@@ -50,6 +50,7 @@ class TrainedModel:
     batch_size: int
     checkpoint_id: str  # which weights: the best checkpoint's training step
     frame_size: tuple[int, int]  # (height, width) of the stored frames the run was trained on
+    graphdef: object = None  # the network's structure: nnx.merge(graphdef, *state.eval_weights())
 
     @property
     def input_key(self) -> str | tuple[str, ...]:
@@ -128,7 +129,7 @@ def load_run(workdir: str | pathlib.Path, *, recipe: presets.Recipe | None = Non
     step = make_eval_step(graphdef, weights, recipe.input_key, recipe.eval_flip, input_adapter(recipe, train=False))
     height, width, _, _ = stored_format(recipe.dataset)
     return TrainedModel(recipe, workdir, restored[0], step, batch_size or recipe.batch_size,
-                        f"step {int(restored[0].step)}", (height, width))
+                        f"step {int(restored[0].step)}", (height, width), graphdef)
 
 
 def stored_format(dataset: str) -> tuple[int, int, float, int]:
