@@ -7,6 +7,12 @@ damaged (a full disk, a killed copy, a truncated file), restoring falls back to 
 one with a log line naming what was skipped; when none is intact, `CheckpointDamaged` names the
 directory and what to do. A step without a file list (written by an older version) is restored
 directly; orbax's own errors then mark it damaged.
+
+Multi-process jobs (strokevision_jax.distributed): every process calls save and restore (orbax
+writes one copy through the primary host, process 0, and synchronises the processes); process 0
+alone writes and checks the file lists and moves damaged steps aside, and every process follows
+its verdict, so that all restore the same step. A step that fails to restore on any process
+is skipped by all.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pathlib
 
 import jax
 
+from strokevision_jax import distributed
 from strokevision_jax.errors import TrainingError
 from strokevision_jax.steps import TrainState
 
@@ -52,18 +59,23 @@ class Checkpoints:
 
         self._ocp = ocp
         self.log = log or (lambda *a, **k: None)
-        self.latest = ocp.CheckpointManager(
-            workdir / "checkpoints" / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=KEEP_LATEST, create=True))
-        self.best = ocp.CheckpointManager(
-            workdir / "checkpoints" / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+        def options(name: str, keep: int):  # process 0 writes; barriers named per manager
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=0, barrier_sync_key_prefix=f"strokevision_{name}"))
+
+        self.latest = ocp.CheckpointManager(workdir / "checkpoints" / "latest", options=options("latest", KEEP_LATEST))
+        self.best = ocp.CheckpointManager(workdir / "checkpoints" / "best", options=options("best", 1))
 
     def save(self, manager, epoch: int, state: TrainState, meta: dict) -> None:
         ocp = self._ocp
         manager.save(epoch, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-        manager.wait_until_finished()
-        self._write_file_list(manager, epoch)
+        manager.wait_until_finished()  # on every process: the step is complete on disk
+        if distributed.is_primary():
+            self._write_file_list(manager, epoch)
 
     # ------------------------------------------------------------------ verification
 
@@ -133,11 +145,13 @@ class Checkpoints:
         directory = pathlib.Path(manager.directory)
         problems = []
         for step in steps:
-            damage = self._verify(manager, step)
+            # Process 0 checks the files; every process follows its verdict.
+            damage = distributed.from_primary(self._verify(manager, step) if distributed.is_primary() else None)
             if damage is not None:
                 problems.append(f"{directory / str(step)}: {damage}")
                 self.log(f"checkpoint {directory / str(step)} is damaged and skipped ({damage})")
                 continue
+            reason = None
             try:
                 with _quiet_orbax():
                     restored = manager.restore(step, args=ocp.args.Composite(
@@ -147,6 +161,8 @@ class Checkpoints:
                     raise ValueError(f"its metadata does not name epoch {step}: {meta!r:.200}")
             except Exception as error:  # noqa: BLE001 (any failure makes the step unusable)
                 reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            if not distributed.all_true(reason is None):  # skipped by all if it failed anywhere
+                reason = reason or "it could not be restored on another process of the job"
                 problems.append(f"{directory / str(step)}: {reason}")
                 self.log(f"checkpoint {directory / str(step)} is damaged and skipped ({reason})")
                 continue
@@ -162,7 +178,12 @@ class Checkpoints:
 
     def _set_aside(self, manager, steps) -> None:
         """Moves damaged steps out of the manager's directory (to checkpoints/damaged/), so that
-        training can write those epochs again; nothing is deleted."""
+        training can write those epochs again; nothing is deleted. (Process 0 moves them; every
+        process then rereads the directory.)"""
+        distributed.on_primary(lambda: self._move_aside(manager, steps))
+        manager.reload()
+
+    def _move_aside(self, manager, steps) -> None:
         directory = pathlib.Path(manager.directory)
         aside = directory.parent / "damaged"
         aside.mkdir(exist_ok=True)
@@ -175,7 +196,6 @@ class Checkpoints:
             source.rename(target)
             self._list_path(manager, step).unlink(missing_ok=True)
             self.log(f"moved the damaged {source} to {target}")
-        manager.reload()
 
     def close(self):
         self.latest.close()

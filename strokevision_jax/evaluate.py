@@ -5,6 +5,8 @@
 reads the run's settings from <workdir>/run_config.json, restores checkpoints/best and rewrites
 report.json, report.txt, confusion_matrix.png, test_predictions.csv and validation_predictions.csv
 (the last one is what late fusion, python -m strokevision_jax.fuse, tunes its weight on).
+A run of several machines is evaluated the same way, or on one machine: the flags
+--coordinator_address, --num_processes and --process_id join a multi-process job as in train.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import pathlib
 import sys
 
 from strokevision_jax import dataset as dataset_lib
-from strokevision_jax import train
+from strokevision_jax import distributed, train
 
 
 def evaluate_workdir(workdir: pathlib.Path, data_dir=None, num_workers: int = 0, log=print, *,
                      fast_init: bool | None = None) -> dict:
     """Rewrites the run's report from its best checkpoint (fast_init: see `train.train_and_evaluate`)."""
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
+    if not distributed.is_primary():  # a multi-process job: process 0 logs and writes
+        log = lambda *a, **k: None  # noqa: E731
     config_path = workdir / train.RUN_CONFIG
     if not config_path.exists():
         raise train.TrainingError(f"{config_path} not found: --workdir must be a directory written by "
@@ -58,7 +62,13 @@ def main(argv=None) -> int:
                         help="runs on --dataset=manual: the recordings, to build strokevision/manual in --data_dir "
                              "if it is not there (e.g. another machine)")
     parser.add_argument("--skip_invalid", action="store_true", help="with --manual_dir: see train --help")
+    distributed.add_flags(parser)
     args = parser.parse_args(argv)
+    settings = {k: v for k, v in vars(args).items() if k in ("coordinator_address", "num_processes", "skip_invalid")}
+    return distributed.run_command(args, settings, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     train.enable_compilation_cache()
     try:
         if args.manual_dir is not None:

@@ -1,5 +1,9 @@
 """The training loop: a `Run` (recipe, data, steps, mesh), epochs with checkpoints and resume,
 and the final evaluation of the best checkpoint (report.json).
+
+In a multi-process job (strokevision_jax.distributed) every process runs this loop on its rows
+of each global batch; metrics are those of the global batch, and process 0 alone logs and writes
+the run's files.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from strokevision_jax import dataset as dataset_lib
+from strokevision_jax import distributed, presets
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import presets
 from strokevision_jax import report as report_lib
 from strokevision_jax.checkpoints import Checkpoints
 from strokevision_jax.data import pipeline
@@ -33,6 +37,7 @@ from strokevision_jax.steps import (
     make_mesh,
     make_optimizer,
     make_train_step,
+    replicate,
     shard_batch,
     to_host,
 )
@@ -97,10 +102,16 @@ class Run:
             raise TrainingError(
                 f"--batch_size={self.recipe.batch_size} is larger than the training split "
                 f"({len(self.sources['train'])} clips).")
-        if self.recipe.batch_size % jax.device_count():
+        if self.recipe.batch_size % jax.device_count():  # the same on every process: no one waits
+            lower = self.recipe.batch_size // jax.device_count() * jax.device_count()
             raise TrainingError(
-                f"--batch_size={self.recipe.batch_size} must be a multiple of the device count "
-                f"({jax.device_count()}).")
+                f"--batch_size={self.recipe.batch_size} (the global batch) must be a multiple of the device "
+                f"count, {jax.device_count()} ({jax.process_count()} x {jax.local_device_count()} per process): "
+                f"pass --batch_size={lower + jax.device_count()}" + (f" or {lower}." if lower else "."))
+        # This process reads the rows of each global batch that its devices hold (shard k of S).
+        start, stop = distributed.process_rows(self.data_sharding, self.recipe.batch_size)
+        self.local_batch_size = stop - start
+        self.shard = (start // self.local_batch_size, self.recipe.batch_size // self.local_batch_size)
         model = create_model(self.recipe, NUM_CLASSES, self.seed, self.init, self.log,
                              fast_init=self.fast_init)
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -109,7 +120,7 @@ class Run:
         # The average starts as a copy: the state is donated to the step, its buffers must be distinct.
         ema = jax.tree.map(jnp.copy, (params, rest)) if self.recipe.ema_decay else None
         state = TrainState(jnp.zeros((), jnp.int32), params, rest, self.tx.init(params), ema)
-        self.initial_state = jax.device_put(state, self.replicated)
+        self.initial_state = replicate(state, self.replicated)
         self.train_step = make_train_step(self.graphdef, self.tx, self.weights, self.input_key,
                                           self.recipe.label_smoothing, self.seed, self.recipe.ema_decay,
                                           input_adapter(self.recipe, train=True))
@@ -119,23 +130,25 @@ class Run:
     def loader(self, split: str, epoch: int):
         train = split == "train"
         return pipeline.make_loader(
-            self.sources[split], self.recipe.transform(train), batch_size=self.recipe.batch_size, train=train,
-            seed=self.seed, epoch=epoch, num_workers=self.num_workers)
+            self.sources[split], self.recipe.transform(train), batch_size=self.local_batch_size, train=train,
+            seed=self.seed, epoch=epoch, num_workers=self.num_workers, shard_index=self.shard[0],
+            shard_count=self.shard[1])
 
     def evaluate(self, state: TrainState, split: str, with_logits: bool = False) -> dict:
         """Metrics of `state` on a whole split (every clip exactly once, in the split's order);
         with_logits: also the (clips, classes) logits under "logits" and the labels under "labels"."""
-        all_logits, all_labels, loss_sum, weight_sum = [], [], 0.0, 0.0
+        outputs, loss_sum = [], 0.0
         for batch in self.loader(split, epoch=0):
-            mask = np.asarray(batch["mask"], bool)
-            logits, batch_loss = self.eval_step(state, shard_batch(_model_inputs(batch, self.input_key),
-                                                                   self.data_sharding))
-            logits = to_host(logits)[mask]
-            labels = np.asarray(batch["label"])[mask]
-            all_logits.append(logits)
-            all_labels.append(labels)
+            inputs = shard_batch(_model_inputs(batch, self.input_key), self.data_sharding)
+            logits, batch_loss = self.eval_step(state, inputs)
+            outputs.append({"logits": logits, "label": inputs["label"], "mask": inputs["mask"]})
             loss_sum += float(batch_loss)
-            weight_sum += float(self.weights[labels].sum())
+        gathered = _gather_batches(outputs)
+        all_logits, all_labels, weight_sum = [], [], 0.0
+        for logits, labels, mask in zip(gathered["logits"], gathered["label"], gathered["mask"].astype(bool)):
+            all_logits.append(logits[mask])  # the padding left out
+            all_labels.append(labels[mask])
+            weight_sum += float(self.weights[labels[mask]].sum())
         labels = np.concatenate(all_labels)
         predictions = np.concatenate(all_logits).argmax(-1)
         metrics = report_lib.classification_metrics(labels, predictions)
@@ -150,19 +163,26 @@ class Run:
         if not self.has_heads:
             return {}
         step = make_heads_step(self.graphdef, self.input_key, input_adapter(self.recipe, train=False))
-        logits, labels = {}, []
+        outputs = []
         for batch in self.loader(split, epoch=0):
-            mask = np.asarray(batch["mask"], bool)
-            heads = step(state, shard_batch(_model_inputs(batch, self.input_key), self.data_sharding))
-            for name, value in heads.items():
-                logits.setdefault(name, []).append(to_host(value)[mask])
-            labels.append(np.asarray(batch["label"])[mask])
-        labels = np.concatenate(labels)
+            inputs = shard_batch(_model_inputs(batch, self.input_key), self.data_sharding)
+            outputs.append({"heads": step(state, inputs), "label": inputs["label"], "mask": inputs["mask"]})
+        gathered = _gather_batches(outputs)
+        mask = gathered["mask"].astype(bool)  # (batches, rows): the padding left out
+        labels = gathered["label"][mask]
         out = {}
-        for name, chunks in logits.items():
-            metrics = report_lib.classification_metrics(labels, np.concatenate(chunks).argmax(-1))
+        for name, logits in gathered["heads"].items():
+            metrics = report_lib.classification_metrics(labels, logits[mask].argmax(-1))
             out[name] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
         return out
+
+
+def _gather_batches(outputs: list[dict]) -> dict:
+    """Per-batch device outputs (global arrays, rows split over the 'data' axis) -> host arrays
+    of (batches, global batch rows, ...), every process's rows: stacked on the devices, then
+    gathered once per output (one exchange per evaluation, not per batch, in a multi-process job)."""
+    stacked = jax.tree.map(lambda *parts: jnp.stack(parts), *outputs)
+    return jax.tree.map(to_host, stacked)
 
 
 def _model_inputs(batch: dict, input_key: str | tuple[str, ...]) -> dict:
@@ -224,12 +244,19 @@ def train_and_evaluate(recipe: presets.Recipe, workdir: pathlib.Path, data_dir: 
     log: where the epoch lines go (None: nowhere); progress: show a progress bar per epoch.
     fast_init: initialise the model under `models.fast_init` (process-wide; for programs that own
     their process; None: as $STROKEVISION_FAST_INIT says)."""
+    if not distributed.is_primary():  # a multi-process job logs once, from process 0
+        log, progress = None, False
     log = log or (lambda *a, **k: None)
     workdir = pathlib.Path(workdir).absolute()  # orbax needs absolute paths
-    try:
-        lock = WorkdirLock(workdir).acquire()  # a second process on this workdir stops here
-    except WorkdirBusy as error:
-        raise WorkdirInUse(str(error)) from None
+    lock = WorkdirLock(workdir)
+
+    def take_lock():  # a second run on this workdir stops here (process 0 holds the lock of a job)
+        try:
+            lock.acquire()
+        except WorkdirBusy as error:
+            raise WorkdirInUse(str(error)) from None
+
+    distributed.on_primary(take_lock, errors=(WorkdirInUse,))
     try:
         return _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, split, log, progress,
                                    fast_init)
@@ -250,7 +277,9 @@ def _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, spli
         history, best, start_epoch = meta["history"], meta["best"], meta["epoch"]
         log(f"Resuming from the checkpoint of epoch {start_epoch} in {workdir / 'checkpoints' / 'latest'}")
     metrics_path = workdir / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
+    primary = distributed.is_primary()
+    if primary:
+        metrics_path.write_text("".join(json.dumps(record) + "\n" for record in history))
 
     for epoch in range(start_epoch, recipe.epochs):
         epoch_started = time.time()
@@ -265,8 +294,9 @@ def _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, spli
             "train_clips": run.steps_per_epoch * recipe.batch_size,
         }
         history.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        if primary:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
         log(f"epoch {epoch + 1}/{recipe.epochs}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.3f} | val loss {val['loss']:.4f} acc {val['accuracy']:.3f} "
             f"macro-F1 {val['macro_f1']:.3f} | {record['seconds']:.1f} s")
@@ -278,33 +308,43 @@ def _train_and_evaluate(recipe, workdir, data_dir, seed, num_workers, init, spli
 
     report = evaluate_best(run, checkpoints, history, log)
     report["run"]["wall_seconds_this_invocation"] = round(time.time() - started, 1)
-    (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if primary:
+        (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     checkpoints.close()
     return report
 
 
 def evaluate_best(run: Run, checkpoints: Checkpoints, history: list[dict], log) -> dict:
+    if not distributed.is_primary():
+        log = lambda *a, **k: None  # noqa: E731
     restored = checkpoints.restore(checkpoints.best, run.initial_state)
     if restored is None:
         raise TrainingError(f"No best checkpoint in {run.workdir / 'checkpoints' / 'best'}; train first.")
     state, meta = restored
+    primary = distributed.is_primary()  # every process evaluates; process 0 writes
     test = run.evaluate(state, "test", with_logits=True)
-    report_lib.write_predictions(run.workdir / report_lib.PREDICTIONS, run.refs["test"], test.pop("labels"), test.pop("logits"))
+    test_labels, test_logits = test.pop("labels"), test.pop("logits")
+    if primary:
+        report_lib.write_predictions(run.workdir / report_lib.PREDICTIONS, run.refs["test"], test_labels, test_logits)
     # The validation clips' probabilities of the chosen checkpoint: what late fusion tunes on.
     val = run.evaluate(state, "validation", with_logits=True)
-    report_lib.write_predictions(run.workdir / report_lib.VALIDATION_PREDICTIONS, run.refs["validation"],
-                                 val.pop("labels"), val.pop("logits"))
+    val_labels, val_logits = val.pop("labels"), val.pop("logits")
+    if primary:
+        report_lib.write_predictions(run.workdir / report_lib.VALIDATION_PREDICTIONS, run.refs["validation"],
+                                     val_labels, val_logits)
     info = {
         "model": run.recipe.model, "preset": run.recipe.preset, "dataset": run.recipe.dataset,
         "split": run.split.name if run.split is not None else "dataset split",
         "best_epoch": meta["epoch"], "best_val_accuracy": meta["val"]["accuracy"],
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+                   + (f" ({jax.process_count()} processes)" if jax.process_count() > 1 else ""),
         "recipe": _recipe_dict(run.recipe),
     }
     heads = run.evaluate_heads(state, "test")
     if heads:  # each head of a two-pathway network, and their fusion (what `test` reports)
         test["heads"] = heads
-    report = report_lib.write_report(run.workdir, info, test, history)
+    report = (report_lib.write_report(run.workdir, info, test, history) if primary
+              else {"run": info, "test": test, "history": history})
     log(f"test ({test['num_examples']} clips, best epoch {meta['epoch']}): accuracy {test['accuracy']:.4f}, "
         f"macro-F1 {test['macro_f1']:.4f}")
     for name, metrics in heads.items():
@@ -334,7 +374,12 @@ def split_from_config(config: dict) -> folds_lib.Split | None:
 
 
 def check_workdir(workdir: pathlib.Path, config: dict) -> None:
-    """Refuses a workdir that holds another run's checkpoints; records this run's config otherwise."""
+    """Refuses a workdir that holds another run's checkpoints; records this run's config otherwise.
+    (In a multi-process job process 0 checks and writes; every process gets its verdict.)"""
+    distributed.on_primary(lambda: _check_workdir(pathlib.Path(workdir), config))
+
+
+def _check_workdir(workdir: pathlib.Path, config: dict) -> None:
     path = workdir / RUN_CONFIG
     if path.exists():
         try:

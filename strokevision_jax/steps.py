@@ -223,6 +223,23 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def replicate(tree, sharding):
+    """`tree` (the same on every process: the initial state) as arrays replicated over the mesh.
+
+    One process: `jax.device_put`. Several: each process supplies its copy of every leaf
+    (`make_array_from_process_local_data`); device_put would compare each leaf across the processes
+    first and does not take typed PRNG keys (Dropout's state), whose data are placed instead."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def place(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(jax.random.key_data(leaf)), impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(place, tree)
+
+
 def shard_batch(batch: dict, sharding) -> dict:
     """Host numpy batch (this process's rows) -> global jax arrays split over the 'data' axis."""
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

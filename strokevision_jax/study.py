@@ -14,6 +14,10 @@ Rerunning the same command skips finished runs and resumes an interrupted one. `
 the dataset's own train / validation / test split (the paper's protocol). `--shard=i/n` runs
 every n-th run starting at run i (0 <= i < n), so that n processes or machines share a study;
 `--summarize` merges what is there, listing missing runs.
+
+Each run can also span several machines: --coordinator_address, --num_processes and --process_id
+(as in train) make every process of the job take part in every run; process 0 writes the
+study's files and tables.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import sys
 import time
 
 from strokevision_jax import dataset as dataset_lib
+from strokevision_jax import distributed, presets, report, train
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import presets, report, train
 from strokevision_jax.models import registry
 from strokevision_jax.workdir_lock import live_holder
 
@@ -210,7 +214,9 @@ def prepare_splits(study_dir: pathlib.Path, settings: Settings, data_dir: pathli
     if clips_path.exists() and folds_lib.load_clips(clips_path) != clips:
         raise StudyError(f"The dataset {settings.dataset} in {data_dir} is not the one this study was started "
                          f"on ({clips_path} lists other clips). Pass the --data_dir it used, or a new --workdir.")
-    folds_lib.save_clips(clips, clips_path)
+    primary = distributed.is_primary()  # in a multi-process job, process 0 writes
+    if primary:
+        folds_lib.save_clips(clips, clips_path)
     try:
         if settings.folds == 0:
             splits = [folds_lib.dataset_split(clips)]
@@ -222,8 +228,9 @@ def prepare_splits(study_dir: pathlib.Path, settings: Settings, data_dir: pathli
     for split in splits:
         folds_lib.check_no_leak(split, clips)  # the assertion the study stands on
         log(folds_lib.describe(split, clips))
-    _write_json(study_dir / FOLDS_FILE, {"dataset": settings.dataset, "fold_seed": settings.fold_seed,
-                                         "splits": [s.to_json() for s in splits]})
+    if primary:
+        _write_json(study_dir / FOLDS_FILE, {"dataset": settings.dataset, "fold_seed": settings.fold_seed,
+                                             "splits": [s.to_json() for s in splits]})
     return clips, splits
 
 
@@ -269,7 +276,7 @@ def run_one(spec: RunSpec, settings: Settings, split: folds_lib.Split, study_dir
     run_report = train.train_and_evaluate(recipe, run_dir, data_dir, seed=spec.seed, num_workers=num_workers,
                                           split=split, log=log, progress=verbose, fast_init=fast_init)
     info_path = run_dir.parent / MODEL_INFO
-    if not info_path.exists():
+    if distributed.is_primary() and not info_path.exists():
         _write_json(info_path, model_figures(recipe, fast_init))
     return run_report
 
@@ -287,19 +294,22 @@ def run_study(settings: Settings, study_dir: pathlib.Path, data_dir: pathlib.Pat
     (fast_init: see `train.train_and_evaluate`)."""
     import jax
 
+    if not distributed.is_primary():  # a multi-process job: process 0 logs and writes
+        log = lambda *a, **k: None  # noqa: E731
     study_dir = pathlib.Path(study_dir).absolute()
     asked = settings.models
-    settings = open_workdir(study_dir, settings)
-    _, splits = prepare_splits(study_dir, settings, data_dir, log)
+    settings = distributed.primary_first(lambda: open_workdir(study_dir, settings), (StudyError,))
+    _, splits = distributed.primary_first(lambda: prepare_splits(study_dir, settings, data_dir, log), (StudyError,))
     runs = all_runs(settings)
     mine = [run for i, run in enumerate(r for r in runs if r.model in asked) if i % shard[1] == shard[0]]
-    todo = [run for run in mine if not is_finished(run.workdir(study_dir))]
+    # What is finished is read from the disk once, by process 0, for every process of a job.
+    todo = [run for run in mine if not distributed.primary_flag(is_finished(run.workdir(study_dir)))]
     log(f"study: {len(runs)} runs in all ({len(settings.models)} models x "
         f"{max(settings.folds, 1)} folds x {len(settings.seeds)} seeds); shard {shard[0]}/{shard[1]} has "
         f"{len(mine)}, {len(mine) - len(todo)} already finished, {len(todo)} to run")
     durations, failed, busy = [], [], []
     for number, run in enumerate(todo, 1):
-        if is_finished(run.workdir(study_dir)):  # finished meanwhile by another process of the study
+        if distributed.primary_flag(is_finished(run.workdir(study_dir))):  # finished meanwhile elsewhere
             continue
         started = time.time()
         log(f"study: run {number}/{len(todo)} of this shard: {run.name}")
@@ -367,19 +377,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="only merge the finished runs into the tables (lists missing runs)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (>= 1000)")
     parser.add_argument("--verbose", action="store_true", help="print every run's epochs too")
+    distributed.add_flags(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    args = parse_args(argv)
+    local = ("process_id", "initialization_timeout", "workdir", "data_dir", "num_workers")
+    return distributed.run_command(args, {k: v for k, v in vars(args).items() if k not in local},
+                                   lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     from strokevision_jax import study_report
 
-    args = parse_args(argv)
     train.enable_compilation_cache()
     study_dir = pathlib.Path(args.workdir).absolute()
     try:
         if args.resamples < 1000:
             raise StudyError(f"--resamples={args.resamples}: use at least 1000 for a 95 % interval.")
         if args.summarize:
+            if not distributed.is_primary():  # nothing to train: process 0 writes the tables
+                return 0
             settings = read_settings(study_dir)
         else:
             if args.folds < 0 or args.seeds < 1:
@@ -396,6 +415,8 @@ def main(argv=None) -> int:
             data_dir = dataset_lib.resolve_data_dir(args.data_dir)
             missing = run_study(settings, study_dir, data_dir, shard=shard, num_workers=args.num_workers,
                                 quiet_runs=not args.verbose, fast_init=True)
+            if not distributed.is_primary():  # process 0 of a multi-process job writes the tables
+                return 0
             settings = read_settings(study_dir)  # every model of the study, also those of earlier commands
             if missing and shard[1] > 1:
                 print(f"study: {len(missing)} runs of other shards are not finished yet; the tables will list "

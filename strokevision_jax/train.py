@@ -8,6 +8,10 @@ latest when rerun, and ends by evaluating the best checkpoint on the test split 
 
 The steps are pure functions of (state, batch), jitted once, with the state donated; the batch is
 placed with a NamedSharding over a 1-D 'data' Mesh of all devices, the state is replicated.
+
+Several machines: start one process per machine (or per GPU) with --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, the same command line otherwise (strokevision_jax.distributed;
+README, "Training on several machines"); --batch_size stays the global batch.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import sys
 import jax
 
 from strokevision_jax import dataset as dataset_lib
+from strokevision_jax import distributed, presets
 from strokevision_jax import folds as folds_lib
-from strokevision_jax import presets
 
 # The training API, importable from the command's module too.
 from strokevision_jax.checkpoints import Checkpoints  # noqa: F401
@@ -53,6 +57,7 @@ from strokevision_jax.steps import (  # noqa: F401
     make_mesh,
     make_optimizer,
     make_train_step,
+    replicate,
     shard_batch,
     update_ema,
     weighted_cross_entropy,
@@ -114,7 +119,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "on first use; see tfds_builder/strokevision/README.md")
     parser.add_argument("--skip_invalid", action="store_true",
                         help="with --manual_dir: skip bad rows of labels.csv (listed after the build) instead of stopping")
+    distributed.add_flags(parser)
     return parser.parse_args(argv)
+
+
+def job_settings(args: argparse.Namespace) -> dict:
+    """What every process of a multi-process job must be given alike: the command line but for
+    --process_id and what may differ between machines (paths, worker counts, the timeout)."""
+    local = ("process_id", "initialization_timeout", "workdir", "data_dir", "manual_dir", "num_workers")
+    return {k: v for k, v in vars(args).items() if k not in local}
 
 
 def enable_compilation_cache() -> None:
@@ -127,6 +140,10 @@ def enable_compilation_cache() -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return distributed.run_command(args, job_settings(args), lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     pipeline.retain_freed_memory()  # large clip buffers stay in the heap (see its docstring)
     try:
@@ -142,9 +159,10 @@ def main(argv=None) -> int:
         data_dir = dataset_lib.resolve_data_dir(args.data_dir)
         why = ("--preset given" if args.preset else
                f"default for backend '{jax.default_backend()}'; --preset=paper or cpu overrides")
-        print(f"strokevision_jax.train: model {model}, preset {preset} ({why})")
-        print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-              f"data dir: {data_dir}; workdir: {workdir}", flush=True)
+        if distributed.is_primary():
+            print(f"strokevision_jax.train: model {model}, preset {preset} ({why})")
+            print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+                  f"data dir: {data_dir}; workdir: {workdir}", flush=True)
         num_workers = args.num_workers
         if num_workers is None:
             num_workers = 0 if preset == "cpu" else min(8, os.cpu_count() or 1)

@@ -235,6 +235,53 @@ def test_ab_runs_both_processes_and_reports_the_ratio(monkeypatch, tmp_path, cap
     assert "| r3d_18 | train | jax | 10.0 | 20.0 | 2.000 |" in capsys.readouterr().out
 
 
+def test_processes_runs_each_count_as_a_job_and_compares(monkeypatch, tmp_path, capsys):
+    """--processes=1,2: one process alone, then two joined over 127.0.0.1, each in fresh
+    processes (faked here: tests/test_distributed.py runs real jobs); the table puts them side by side."""
+    from strokevision_jax.benchmark import processes
+
+    started = []
+
+    def report(count: int, out: str) -> None:
+        rate = {1: 10.0, 2: 15.0}[count]
+        pathlib.Path(out).write_text(json.dumps({
+            "environment": {"device_count": count, "device_kind": "cpu", "backend": "cpu", "jax": "x",
+                            "host_cpus": 2, "platform": "test"},
+            "results": [{"model": "r3d_18", "mode": "train", "framework": "jax", "batch_size": 4,
+                         "clips_per_s": rate, "step": {"median_s": 4 / rate}}]}))
+
+    class FakePopen:
+        def __init__(self, command, stdout=None, stderr=None):
+            started.append(command)
+            out = next((a.split("=", 1)[1] for a in command if a.startswith("--out=")), None)
+            if out:
+                report(2, out)
+
+        def wait(self, timeout=None):
+            return 0
+
+    def fake_run(command, check, timeout):
+        started.append(command)
+        report(1, next(a for a in command if a.startswith("--out=")).split("=", 1)[1])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(processes.subprocess, "Popen", FakePopen)
+    monkeypatch.setattr(processes.subprocess, "run", fake_run)
+    out = tmp_path / "p.json"
+    assert benchmark.main(["--models=r3d_18", "--processes=1,2", f"--out={out}"]) == 0
+    alone, first, second = started
+    assert not any(a.startswith("--coordinator_address") for a in alone)
+    port = next(a for a in first if a.startswith("--coordinator_address=127.0.0.1:"))
+    assert port in second and "--num_processes=2" in first
+    assert ("--process_id=0", "--process_id=1") == (first[-2], second[-1])
+    assert not any(a.startswith("--out") for a in second)  # process 0 writes the report
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["processes"], r["clips_per_s"]) for r in rows] == [(1, 10.0), (2, 15.0)]
+    assert rows[1]["over_first"] == pytest.approx(1.5)
+    assert "| r3d_18 | train | 2 | 2 | 4 | 266.7 | 15.0 | 1.50 |" in capsys.readouterr().out
+    assert benchmark.main(["--models=r3d_18", "--processes=1,2", "--modes=pipeline"]) == 2  # steps only
+
+
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch and torchvision")
 def test_layers_mode_times_every_stage_in_both_frameworks(tmp_path):
     from strokevision_jax.benchmark import layers

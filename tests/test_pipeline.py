@@ -467,6 +467,21 @@ def test_two_shards_are_disjoint_and_cover(train, num_records):
         assert covered == set(range(num_records))
 
 
+@pytest.mark.parametrize("train, num_records", [(True, 13), (False, 9)])
+def test_shards_stacked_are_the_one_shard_batches(train, num_records):
+    """A multi-process job's global batch (each process's rows, in process order) is the batch a
+    single process reads at that step: same clips, same rows, same random choices."""
+    records = _records(num_records)
+    whole = _batches(_loader(records, batch_size=4, train=train, epoch=1))
+    shards = [_batches(_loader(records, batch_size=2, train=train, epoch=1, shard_index=k, shard_count=2))
+              for k in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(whole) == 3
+    stacked = [{key: np.concatenate([a[key], b[key]]) for key in a} for a, b in zip(*shards)]
+    _assert_same_batches(stacked, whole)
+    if not train:  # 9 records: the last global batch is one clip and three masked rows
+        np.testing.assert_array_equal(shards[1][-1]["mask"], [False, False])
+
+
 def test_default_shard_is_this_jax_process():
     loader = pl.make_loader(_records(8), pl.video_transform(SMALL_VIDEO, True), batch_size=4, train=True, seed=0)
     assert len(loader) == 2  # one process: the whole dataset

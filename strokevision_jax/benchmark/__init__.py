@@ -12,6 +12,7 @@ One job a module:
   pipeline     the grain loader rates (`--modes=pipeline`), fake records of the stored shape
   report       the markdown tables (results, loaders, A/B), the log line, --out / --markdown
   ab           --ab_xla_flags: the benchmark in two fresh processes, without and with the flags
+  processes    --processes=1,2: the steps as a job of 1, then 2 processes on this machine, side by side
 
 The names below are re-exported so that `from strokevision_jax import benchmark;
 benchmark.NAME` reaches them as before the package was split.

@@ -75,6 +75,11 @@ run, so a reader sees whether the loader or the device is the bottleneck.
 --modes=layers times each stage of a video ResNet (stem, layer1 .. layer4) alone, forward
 (infer) and forward + backward (train), in JAX and in PyTorch eager, in alternating rounds: where
 a whole step's gap comes from (see benchmark/layers.py).
+
+--processes=1,2 runs the train and infer steps as a job of 1, then 2 processes on this machine
+(over 127.0.0.1, the global batch split over every process's devices) and prints their clips/s
+side by side (see benchmark/processes.py). One process of such a job is what
+--coordinator_address, --num_processes and --process_id start, as in train.
 """
 
 from __future__ import annotations
@@ -89,13 +94,14 @@ from collections.abc import Sequence
 
 import jax
 
+from strokevision_jax import distributed, presets
 from strokevision_jax import models as models_lib
-from strokevision_jax import presets
 from strokevision_jax import train as train_lib
 from strokevision_jax.benchmark.ab import run_ab
 from strokevision_jax.benchmark.hardware import backend_started, environment
 from strokevision_jax.benchmark.model import benchmark_model
 from strokevision_jax.benchmark.pipeline import pipeline_records
+from strokevision_jax.benchmark.processes import run_processes
 from strokevision_jax.benchmark.report import command_line, markdown, write_outputs
 from strokevision_jax.benchmark.settings import (
     DTYPES,
@@ -154,6 +160,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline_source", choices=("auto", "fake", "tfds"), default="auto")
     parser.add_argument("--pipeline_batches", type=int, default=20, help="timed batches per loader row")
     parser.add_argument("--data_dir", default=None, help="TFDS data dir for the pipeline mode")
+    parser.add_argument("--processes", default=None,
+                        help="process counts, e.g. 1,2: the train and infer steps as a job of that many "
+                             "processes on this machine, each count in fresh processes, side by side")
+    distributed.add_flags(parser)
     args = parser.parse_args(argv)
     for name in ("steps", "rounds", "batch_size", "frames", "pipeline_batches"):
         value = getattr(args, name)
@@ -245,6 +255,11 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
         except ImportError as error:
             raise UsageError(f"--compare=torch and --modes=layers need torch and torchvision ({error}): "
                              "pip install -e '.[parity]'.") from None
+    job = jax.process_count() > 1
+    if job and (set(modes) - {"train", "infer"} or settings.compare_torch):
+        raise UsageError("a multi-process job measures the train and infer steps only (--modes=train,infer).")
+    if not distributed.is_primary():  # process 0 of a job logs and writes the report
+        log = lambda *a, **k: None  # noqa: E731
     report = {"command": command_line(argv), "environment": environment(settings),
               "settings": dataclasses.asdict(settings) | {"models": models, "modes": modes},
               "results": [], "pipeline": []}
@@ -256,7 +271,8 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
         for model in models:
             report["results"] += benchmark_model(model, settings, step_modes, mesh, log)
             # After every model: a run stopped at a time limit keeps what it measured.
-            write_outputs(args, report, markdown(report), log=None)
+            if distributed.is_primary():
+                write_outputs(args, report, markdown(report), log=None)
     if "pipeline" in modes:
         workers = (_int_list(args.workers, "--workers") if args.workers else
                    [0] + [2**i for i in range(int(math.log2(os.cpu_count() or 1)) + 1)])
@@ -273,8 +289,9 @@ def run(args: argparse.Namespace, argv: Sequence[str], log=print) -> dict:
                 continue
             report["layers"] += layers_lib.profile_layers(model, settings, ("train", "infer"), log)
         table += "\n\n" + layers_lib.layers_markdown(report["layers"])
-    print(table)
-    write_outputs(args, report, table)
+    if distributed.is_primary():
+        print(table)
+        write_outputs(args, report, table)
     return report
 
 
@@ -284,6 +301,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse_args(argv)
         if args.ab_xla_flags:
             return run_ab(args, argv)
+        if args.processes:
+            return run_processes(args, argv)
+        # Before a multi-process job starts JAX's backend (XLA reads XLA_FLAGS then); applied once.
+        apply_xla_flags(args.xla_flags)
+        args.xla_flags = None
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    local = ("process_id", "initialization_timeout", "out", "markdown", "data_dir", "cache_dir")
+    return distributed.run_command(args, {k: v for k, v in vars(args).items() if k not in local},
+                                   lambda: _run(args, argv))
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    try:
         report = run(args, argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)

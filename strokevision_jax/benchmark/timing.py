@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from strokevision_jax import distributed
 from strokevision_jax import train as train_lib
 from strokevision_jax.benchmark import torch_side
 
@@ -108,7 +109,8 @@ def jax_runner(recipe, model, mode: str, batch: dict[str, np.ndarray], mesh) -> 
     class_weights = np.ones(4, np.float32)
     is_train = mode == "train"
     keys = [recipe.input_key, "label"] + ([] if is_train else ["mask"])
-    on_mesh = train_lib.shard_batch({k: batch[k] for k in keys}, data)
+    rows = slice(*distributed.process_rows(data, recipe.batch_size))  # this process's rows (all, alone)
+    on_mesh = train_lib.shard_batch({k: batch[k][rows] for k in keys}, data)
     if is_train:
         tx = train_lib.make_optimizer(recipe, steps_per_epoch=100)
         ema = _copy_tree((params, rest)) if recipe.ema_decay else None
@@ -120,7 +122,7 @@ def jax_runner(recipe, model, mode: str, batch: dict[str, np.ndarray], mesh) -> 
         state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, rest, None)
         function = train_lib.make_eval_step(graphdef, class_weights, recipe.input_key, False,
                                             train_lib.input_adapter(recipe, train=False))
-    state = jax.device_put(state, replicated)
+    state = train_lib.replicate(state, replicated)
     jax.block_until_ready((state, on_mesh))
 
     start = time.perf_counter()

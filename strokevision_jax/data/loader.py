@@ -3,8 +3,11 @@
 Randomness: every random choice for a record comes from np.random.default_rng([seed, epoch,
 record_index]), so batches depend only on (seed, epoch) and not on the worker count, and a
 resumed run at epoch e reproduces epoch e exactly. Training shuffles the records with
-`fold_seed(seed, epoch)`; each process (JAX shard) reads its own disjoint share of the epoch, and
-all shards yield the same number of batches. Worker processes call `retain_freed_memory` on start.
+`fold_seed(seed, epoch)`. Sharding (one shard per process of a multi-process job): every shard
+orders the epoch alike and reads only its block of rows of each global batch (`_shard_of_epoch`),
+so the shards' batches of a step, stacked in shard order, are the one-shard batch of that step;
+shards are disjoint and yield the same number of batches. Worker processes call
+`retain_freed_memory` on start.
 """
 
 from __future__ import annotations
@@ -58,10 +61,6 @@ def fold_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _padding_index(_: int) -> int:
-    return _PADDING_INDEX
-
-
 @dataclasses.dataclass(frozen=True)
 class _ReadExample:
     """Record index -> transformed example with 'index' and 'mask'; index -1 -> a masked zero example."""
@@ -89,6 +88,25 @@ class _ReadExample:
         return example
 
 
+@dataclasses.dataclass(frozen=True)
+class _ShardPosition:
+    """Shard-local position -> record index (-1 past the end of the epoch: padding).
+
+    The epoch's order is cut into global batches of batch_size * shard_count positions; in each,
+    shard k holds the k-th block of batch_size consecutive positions."""
+
+    order: Any  # the epoch's record indices (a grain MapDataset)
+    num_records: int
+    shard_index: int
+    shard_count: int
+    batch_size: int
+
+    def __call__(self, local_position: int) -> int:
+        batch, row = divmod(int(local_position), self.batch_size)
+        position = (batch * self.shard_count + self.shard_index) * self.batch_size + row
+        return int(self.order[position]) if position < self.num_records else _PADDING_INDEX
+
+
 def _shard_of_epoch(
     num_records: int,
     *,
@@ -100,27 +118,24 @@ def _shard_of_epoch(
     batch_size: int,
     drop_remainder: bool,
 ) -> grain.MapDataset:
-    """This shard's record indices for the epoch, padded with -1 so every shard has equal length.
+    """This shard's record indices for the epoch, whole batches of `batch_size`, padded with -1.
 
-    Training shuffles all records with the same seed on every process, then shard k takes positions
-    k, k + S, ...: shards are disjoint and together cover the epoch. With drop_remainder every shard
-    keeps num_records // S records (the batcher then drops partial batches); otherwise each shard is
-    padded to ceil(ceil(num_records / S) / batch_size) full batches, so all processes run the same
-    number of steps.
+    Every shard orders the epoch the same way (training: all records shuffled with
+    fold_seed(seed, epoch)) and cuts it into global batches of batch_size * shard_count; shard k
+    takes rows [k * batch_size, (k + 1) * batch_size) of each. The shards' batches of one step,
+    stacked in shard order, are therefore exactly the one-shard batch of that step (batch_size *
+    shard_count rows): a multi-process job places process k's rows there on the 'data' axis,
+    so its global batches are those of a single process. Shards are disjoint and all have the
+    same number of batches. With drop_remainder the last partial global batch is dropped;
+    otherwise it is padded at its end (so some shards may hold only padding in it).
     """
-    indices = grain.MapDataset.range(num_records)
+    order = grain.MapDataset.range(num_records)
     if train:
-        indices = indices.shuffle(seed=fold_seed(seed, epoch))
-    if drop_remainder:
-        per_shard = num_records // shard_count
-        return indices[shard_index : per_shard * shard_count : shard_count]
-    indices = indices[shard_index::shard_count]
-    batches_per_shard = math.ceil(math.ceil(num_records / shard_count) / batch_size)
-    num_padding = batches_per_shard * batch_size - len(indices)
-    if num_padding == 0:
-        return indices
-    padding = grain.MapDataset.range(num_padding).map(_padding_index)
-    return grain.MapDataset.concatenate([indices, padding])
+        order = order.shuffle(seed=fold_seed(seed, epoch))
+    global_batch = batch_size * shard_count
+    num_batches = num_records // global_batch if drop_remainder else math.ceil(num_records / global_batch)
+    position = _ShardPosition(order, num_records, shard_index, shard_count, batch_size)
+    return grain.MapDataset.range(num_batches * batch_size).map(position)
 
 
 class EpochLoader:
@@ -176,12 +191,14 @@ def make_loader(
 
     Batches are dicts of stacked numpy arrays: the transform's outputs ('video' or 'keypoints',
     'label' int32), 'index' int32 (the record index; -1 for padding) and 'mask' bool (False for
-    padding). Every batch has exactly batch_size rows.
+    padding). Every batch has exactly batch_size rows: this shard's rows of a global batch of
+    batch_size * shard_count (see `_shard_of_epoch`).
       train=True: records shuffled with fold_seed(seed, epoch), drop_remainder defaults to True.
       train=False: records in order; drop_remainder defaults to False, so the last partial batch
         is padded with masked zero examples and every record appears exactly once with mask True.
     Sharding: defaults to this JAX process's share (jax.process_index() of jax.process_count());
-    all shards yield the same number of batches.
+    all shards yield the same number of batches. (A training run passes the shard its devices'
+    rows of the global batch occupy, `distributed.process_rows`.)
     num_workers > 0 runs the transforms in that many grain worker processes (each computes whole
     batches, so batches are identical for any worker count; the calling script needs an
     `if __name__ == "__main__":` guard, as workers are spawned). num_threads > 0 computes that many
@@ -210,15 +227,15 @@ def make_loader(
         batch_size=batch_size,
         drop_remainder=drop_remainder,
     )
-    num_batches = len(indices) // batch_size if drop_remainder else math.ceil(len(indices) / batch_size)
+    num_batches = len(indices) // batch_size
     if num_batches == 0:
         raise ValueError(
-            f"{num_records} records over {shard_count} shard(s) leave {len(indices)} per shard, fewer than "
-            f"batch_size={batch_size}, and drop_remainder=True drops them all; lower batch_size or pass "
-            "drop_remainder=False."
+            f"{num_records} records leave each of {shard_count} shard(s) fewer than batch_size={batch_size} "
+            f"(one global batch is {batch_size * shard_count}), and drop_remainder=True drops them all; lower "
+            "batch_size or pass drop_remainder=False."
         )
     examples = indices.map(_ReadExample(source, transform, seed, epoch))
-    batches = examples.batch(batch_size, drop_remainder=drop_remainder)
+    batches = examples.batch(batch_size, drop_remainder=True)  # whole batches by construction
     # Elements here are whole batches, so the read-ahead buffer is counted in batches.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(1, 2 * num_threads))
     dataset = batches.to_iter_dataset(read_options)
