@@ -35,11 +35,9 @@ import numpy as np
 
 from strokevision_jax import attribution
 from strokevision_jax.data import keypoints as kp
-from strokevision_jax.data.classes import CLASS_NAMES
+from strokevision_jax.data.classes import CLASS_NAMES, TRANSPORT_PAIR
 from strokevision_jax.data.pipeline import sample_frame_indices
 from strokevision_jax.data.resample import crop_and_resize
-
-TRANSPORT_PAIR = ("transport_with_object", "transport_without_object")
 
 
 class ExplainError(ValueError):
@@ -62,7 +60,8 @@ def find_clip(model, clip_id: str | None, data_dir) -> tuple[str, dict]:
         stored, index = split.refs["test"][0] if split is not None else ("test", 0)
         record = sources[stored][int(index)]
         return _text(record["clip_id"]), record
-    for source in sources.values():
+    for split in ("test", "validation", "train"):  # where a clip to explain most likely is
+        source = sources[split]
         for index in range(len(source)):
             record = source[index]
             if _text(record["clip_id"]) == clip_id:

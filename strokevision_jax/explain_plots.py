@@ -10,9 +10,8 @@ import pathlib
 
 import numpy as np
 
-from strokevision_jax.data.classes import CLASS_NAMES
+from strokevision_jax.data.classes import CLASS_NAMES, TRANSPORT_PAIR
 
-TRANSPORT_PAIR = ("transport_with_object", "transport_without_object")
 GIF_SCALE = 4  # the cpu presets' clips are a few dozen pixels: enlarge for viewing
 GIF_MS_PER_FRAME = 150
 
